@@ -1,0 +1,101 @@
+"""Checkpoints: written atomically, read without unpickling arbitrary objects.
+
+A checkpoint is a dict of tensors and plain values:
+    {"format": "imnet-checkpoint", "version": 1, "stage": "ae" | "svr", "model_config": {...},
+     "config": {...}, "model": state_dict, "optimizer": state_dict, "progress": {...}, "rng": {...}}
+It is read with `torch.load(weights_only=True)`, which refuses any pickled code object, so a
+tampered file fails to load instead of running something.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imnet.config import ModelConfig, config_from_dict, config_to_dict
+from imnet.model import IMNet
+
+FORMAT = "imnet-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, tampered, or for another architecture."""
+
+
+def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
+    """Write `checkpoint` to `path` atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, **checkpoint}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely; raises CheckpointError with the reason when it is not usable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain values, so it was not loaded "
+            f"(it may have been tampered with, or was not written by imnet): {str(e).splitlines()[0]}"
+        ) from None
+    except Exception as e:  # truncated or not a torch file at all
+        raise CheckpointError(f"{path} is not a readable imnet checkpoint: {type(e).__name__}: {e}") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an imnet checkpoint (no '{FORMAT}' marker)")
+    if checkpoint.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {checkpoint.get('version')}; this imnet reads {VERSION}")
+    return checkpoint
+
+
+def load_model(
+    path: str | Path,
+    expected: ModelConfig | None = None,
+    map_location: str | torch.device = "cpu",
+) -> tuple[IMNet, dict[str, Any]]:
+    """Build the model a checkpoint describes and load its weights.
+
+    With `expected`, a checkpoint of another architecture fails with a message naming every
+    differing field (rather than a wall of state-dict key errors).
+    """
+    checkpoint = load_checkpoint(path, map_location)
+    try:
+        config = config_from_dict(ModelConfig, checkpoint["model_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: unusable model_config: {e}") from None
+    if expected is not None and config != expected:
+        diffs = [
+            f"{name}: checkpoint {getattr(config, name)!r} vs expected {getattr(expected, name)!r}"
+            for name in config_to_dict(expected)
+            if getattr(config, name) != getattr(expected, name)
+        ]
+        raise CheckpointError(f"{path} is for another architecture: " + "; ".join(diffs))
+    model = IMNet(config)
+    try:
+        result = model.load_state_dict(checkpoint["model"], strict=False)
+    except RuntimeError as e:  # tensor shapes differ from what model_config says
+        raise CheckpointError(f"{path}: weights do not match its model_config: {e}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: weights do not match its model_config (missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]})"
+        )
+    return model, checkpoint

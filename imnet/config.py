@@ -1,0 +1,111 @@
+"""One dataclass config per stage. Each is printed at the start of a run and saved in every checkpoint.
+
+Configs hold only plain values (numbers, strings, tuples), so `asdict` round-trips through a
+checkpoint loaded with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. Defaults are the original IM-NET paper's (REFERENCE.md section 1)."""
+
+    code_dim: int = 128
+    decoder_widths: tuple[int, ...] = (2048, 1024, 512, 256, 128)
+    decoder_skips: bool = True  # concatenate [p, z] to every hidden layer's output, as in the paper
+    voxel_channels: tuple[int, ...] = (32, 64, 128, 256)
+    voxel_norm: str = "batch"  # "batch" (paper) or "instance" (later release)
+
+
+@dataclass
+class AEConfig:
+    """IM-AE training: voxel encoder + decoder, progressive over the 16 -> 32 -> 64 point sets."""
+
+    data: str = ""  # HDF5 file of training shapes (data_prep output or IM-NET's published files)
+    val_data: str = ""  # HDF5 file of held-out shapes; empty: no validation
+    out_dir: str = "runs/ae"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    levels: tuple[int, ...] = (16, 32, 64)
+    epochs: tuple[int, ...] = (100, 100, 100)  # one entry per level
+    batch_shapes: int = 32  # shapes per batch (per process under DDP)
+    points_per_shape: int = 0  # 0: all points of the level (4096 / 4096 / 16384)
+    lr: float = 5e-5
+    beta1: float = 0.5
+    device: str = "auto"
+    amp: bool = True  # bfloat16 autocast on CUDA only
+    seed: int = 0
+    val_every: int = 1  # epochs between validations
+    val_resolution: int = 32  # occupancy IoU is measured on this grid (max-pooled from 64^3 voxels)
+    checkpoint_every: int = 1
+    workers: int = 0
+
+
+@dataclass
+class SVRConfig:
+    """IM-SVR training: an image encoder regresses the AE codes; the decoder is frozen."""
+
+    data: str = ""
+    val_data: str = ""
+    ae_checkpoint: str = ""
+    out_dir: str = "runs/svr"
+    epochs: int = 100
+    batch_shapes: int = 32
+    lr: float = 1e-4
+    beta1: float = 0.5
+    pretrained_image_encoder: str = ""  # local path to ImageNet ResNet-18 weights (never downloaded)
+    augment: bool = True
+    val_view: int = 0  # fixed view index used for validation
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+    val_every: int = 1
+    val_resolution: int = 32
+    checkpoint_every: int = 1
+    workers: int = 0
+
+
+@dataclass
+class ReconstructConfig:
+    """Mesh extraction from a trained model."""
+
+    resolution: int = 128
+    level: float = 0.5
+    method: str = "coarse_to_fine"  # or "dense" (the reference)
+    max_batch_points: int = 65536
+    device: str = "auto"
+
+
+C = TypeVar("C")
+
+
+def config_to_dict(config: Any) -> dict:
+    """Plain nested dict of a config (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_from_dict(cls: type[C], data: dict) -> C:
+    """Inverse of `config_to_dict`; unknown keys are an error so typos do not pass silently."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            value = config_from_dict(type(default), value)
+        elif isinstance(default, tuple):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def format_config(config: Any) -> str:
+    """Readable multi-line dump for the start of a run."""
+    return f"{type(config).__name__} " + json.dumps(config_to_dict(config), indent=2)
