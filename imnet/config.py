@@ -109,3 +109,22 @@ def config_from_dict(cls: type[C], data: dict) -> C:
 def format_config(config: Any) -> str:
     """Readable multi-line dump for the start of a run."""
     return f"{type(config).__name__} " + json.dumps(config_to_dict(config), indent=2)
+
+
+@dataclass
+class DataPrepConfig:
+    """Turning meshes / voxels / renderings into IM-NET-layout HDF5 files."""
+
+    out_dir: str = "data"
+    resolution: int = 256  # solid voxel grid the points are sampled from (IM-NET: 256)
+    close_gaps: int = 2  # voxels: holes up to about twice this wide are closed by the voxeliser
+    views: int = 24
+    view_size: int = 137
+    render: bool = True  # False: no `pixels` (AE-only data)
+    voxels_from: str = "mesh"  # "mesh" (our voxeliser) or "binvox" (ShapeNet v2's official solid voxels)
+    train_fraction: float = 0.8  # first 80% of sorted model ids go to train (IM-NET / AtlasNet)
+    split_file: str = ""
+    seed: int = 0
+    workers: int = 1
+    shard: str = "0/1"
+    max_faces: int = 2_000_000  # larger meshes are logged as failures rather than stalling a worker

@@ -1,0 +1,165 @@
+"""python -m data_prep {shapenet,meshes,binvox,synthetic,merge} ...: see --help of each."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from imnet.config import DataPrepConfig, format_config
+
+EPILOG = """Output (in --out): <category>_train.hdf5 and <category>_test.hdf5 in IM-NET's layout, each with
+a names file (<same stem>.txt, one 'category/model_id' per row), failures.csv for shapes that could
+not be prepared, and shapes/ with one record per shape (what makes a rerun resume)."""
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    d = DataPrepConfig()
+    p.add_argument("--out", required=True, help="output folder (created if missing; a rerun resumes there)")
+    p.add_argument("--workers", type=int, default=d.workers, help="worker processes (default %(default)s)")
+    p.add_argument("--shard", default=d.shard, help="k/n: prepare only every n-th shape starting at k, to split "
+                   "a category across machines; assemble with `merge` afterwards (default %(default)s)")
+    p.add_argument("--resolution", type=int, default=d.resolution, help="solid voxel grid the points are "
+                   "sampled from; IM-NET's point indices assume 256 (default %(default)s)")
+    p.add_argument("--close-gaps", type=int, default=d.close_gaps, help="voxeliser: close holes in the surface up "
+                   "to about twice this many voxels wide (default %(default)s)")
+    p.add_argument("--no-render", action="store_true", help="skip the 24 views (AE-only data, much faster)")
+    p.add_argument("--views", type=int, default=d.views, help="views per shape (default %(default)s, as 3D-R2N2)")
+    p.add_argument("--train-fraction", type=float, default=d.train_fraction, help="fraction of sorted model ids "
+                   "per category that go to train (default %(default)s)")
+    p.add_argument("--split-file", default="", help='JSON {"train": [...], "test": [...]} of model ids, '
+                   "instead of --train-fraction")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of point sampling and camera placement")
+
+
+def config_from(args: argparse.Namespace) -> DataPrepConfig:
+    if args.workers < 1:
+        raise ValueError("--workers must be at least 1")
+    if args.resolution % 64:
+        raise ValueError("--resolution must be a multiple of 64 (the stored voxels are 64^3)")
+    if not 0.0 <= args.train_fraction <= 1.0:
+        raise ValueError("--train-fraction must be between 0 and 1")
+    return DataPrepConfig(
+        out_dir=args.out, resolution=args.resolution, close_gaps=args.close_gaps, views=args.views,
+        render=not args.no_render, voxels_from=getattr(args, "voxels_from", "mesh"),
+        train_fraction=args.train_fraction, split_file=args.split_file, seed=args.seed,
+        workers=args.workers, shard=args.shard,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep",
+        description="Prepare shapes into HDF5 files in IM-NET's layout: 64^3 solid voxels, point/occupancy "
+        "samples at 16^3, 32^3 and 64^3 (from 256^3 solid voxels) and 24 grayscale 137x137 views.",
+        epilog=EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("shapenet", help="a ShapeNetCore v1 or v2 tree", epilog=EPILOG,
+                       description="Prepare shapes of a ShapeNetCore v1 (<synset>/<id>/model.obj) or v2 "
+                       "(<synset>/<id>/models/model_normalized.obj) tree.")
+    p.add_argument("root", help="ShapeNetCore root folder (holding the 8-digit synset folders)")
+    p.add_argument("--synsets", nargs="+", help="synset ids or names (chair, table, airplane, ...); default: all")
+    p.add_argument("--ids", help="text file of model ids ('<id>' or '<synset>/<id>'), one per line")
+    p.add_argument("--r2n2", help="3D-R2N2 ShapeNetRendering folder: take the views from there when a shape has them")
+    p.add_argument("--voxels-from", choices=["mesh", "binvox"], default="mesh",
+                   help="'mesh': our voxeliser on the mesh (default); 'binvox': ShapeNet v2's official "
+                   "model_normalized.solid.binvox (128^3, upsampled), the mesh is still used for views")
+    add_common(p)
+
+    p = sub.add_parser("meshes", help="plain mesh folders, category = folder", epilog=EPILOG,
+                       description="Prepare <root>/<category>/<name>.{obj,off,ply,stl,glb} meshes.")
+    p.add_argument("root", help="folder of category folders")
+    add_common(p)
+
+    p = sub.add_parser("binvox", help="binvox voxel files (ShapeNetVox32, v2 *.solid.binvox, any binvox)",
+                       epilog=EPILOG, description="Prepare solid binvox files. Views come from --r2n2 when "
+                       "given, else are rendered from the voxels' marching-cubes surface.")
+    p.add_argument("root", help="folder searched recursively for *.binvox")
+    p.add_argument("--r2n2", help="3D-R2N2 ShapeNetRendering folder for the views")
+    add_common(p)
+
+    p = sub.add_parser("synthetic", help="generated chairs, tables, airplanes (no download needed)", epilog=EPILOG,
+                       description="Generate shapes procedurally (deterministic from --seed), write them as meshes "
+                       "to <out>/meshes/<category>/, and prepare them exactly like a plain mesh folder.")
+    p.add_argument("--categories", nargs="+", default=["chair"], help="categories to generate: chair, table, "
+                   "airplane, sofa, lamp (default: chair)")
+    p.add_argument("--count", type=int, default=32, help="shapes per category (default %(default)s)")
+    add_common(p)
+
+    p = sub.add_parser("merge", help="assemble the HDF5 files from shard output folders",
+                       description="Assemble <category>_<split>.hdf5 from the per-shape records of one or more "
+                       "output folders (e.g. shards prepared on different machines with --shard k/n).")
+    p.add_argument("shard_dirs", nargs="+", help="output folders of the shards")
+    p.add_argument("--out", required=True, help="where to write the HDF5 files")
+    p.add_argument("--train-fraction", type=float, default=DataPrepConfig().train_fraction, help="as for the other commands")
+    p.add_argument("--split-file", default="", help="as for the other commands")
+    return parser
+
+
+def export_synthetic(categories: list[str], count: int, seed: int, root: Path) -> Path:
+    """Write generated meshes as <root>/<synset>/synthetic_<category>_NNNN.obj (existing files are kept,
+    so a rerun resumes); from there they take the plain mesh-folder path like any user's meshes."""
+    from data_prep.synthetic import CATEGORIES, generate_shape
+
+    unknown = [c for c in categories if c not in CATEGORIES]
+    if unknown:
+        raise ValueError(f"unknown synthetic categories {unknown}; choose from {sorted(CATEGORIES)}")
+    if count < 1:
+        raise ValueError("--count must be at least 1")
+    for category in categories:
+        folder = root / CATEGORIES[category]
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            path = folder / f"synthetic_{category}_{i:04d}.obj"
+            if not path.is_file():
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(generate_shape(category, (seed, i)).export(file_type="obj"))
+                tmp.replace(path)
+    return root
+
+
+def run(args: argparse.Namespace) -> str:
+    from data_prep import pipeline, sources
+
+    if args.command == "merge":
+        config = DataPrepConfig(out_dir=args.out, train_fraction=args.train_fraction, split_file=args.split_file)
+        outputs = pipeline.merge([Path(d) for d in args.shard_dirs], config)
+        return f"merged {len(args.shard_dirs)} folders into {', '.join(outputs)}"
+
+    config = config_from(args)
+    if args.command == "shapenet":
+        ids = Path(args.ids).read_text().split() if args.ids else None
+        found = sources.shapenet_sources(args.root, args.synsets, ids)
+    elif args.command == "meshes":
+        found = sources.mesh_folder_sources(args.root)
+    elif args.command == "binvox":
+        found = sources.binvox_sources(args.root)
+    else:
+        found = sources.mesh_folder_sources(export_synthetic(args.categories, args.count, args.seed, Path(args.out) / "meshes"))
+    if getattr(args, "r2n2", None):
+        found = sources.attach_r2n2_views(found, args.r2n2)
+    print(format_config(config), file=sys.stderr)
+    print(f"{len(found)} shapes found", file=sys.stderr)
+    summary = pipeline.prepare(found, config)
+    if summary.failed:
+        print(f"{len(summary.failed)} shapes failed; reasons in {Path(args.out) / pipeline.FAILURES_FILE}", file=sys.stderr)
+    return summary.line()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        print(run(args))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"data_prep: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("data_prep: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

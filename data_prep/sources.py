@@ -1,0 +1,149 @@
+"""Finding the shapes to prepare: ShapeNetCore v1/v2 trees, plain mesh folders, binvox files, and
+3D-R2N2 renderings to use as their views.
+
+Every input becomes a `ShapeSource`; the rest of the pipeline does not care where it came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MESH_SUFFIXES = (".obj", ".off", ".ply", ".stl", ".glb", ".gltf")
+
+SYNSETS = {
+    "airplane": "02691156", "bench": "02828884", "cabinet": "02933112", "car": "02958343",
+    "chair": "03001627", "display": "03211117", "lamp": "03636649", "speaker": "03691459",
+    "rifle": "04090263", "sofa": "04256520", "table": "04379243", "telephone": "04401088",
+    "watercraft": "04530566",
+}
+"""The 13 standard ShapeNet categories of single-view reconstruction papers."""
+
+
+@dataclass(frozen=True)
+class ShapeSource:
+    """One shape to prepare.
+
+    name: "category/model_id", the row name in the HDF5 names file.
+    kind: "mesh" (a mesh file) or "binvox" (solid voxels, no mesh).
+    path: the mesh or binvox file.
+    views_dir: a 3D-R2N2 `rendering/` folder to take the views from (else views are rendered).
+    binvox: an official solid binvox to voxelise from instead of the mesh (`--voxels-from binvox`).
+    """
+
+    name: str
+    kind: str
+    path: str
+    views_dir: str = ""
+    binvox: str = ""
+
+    @property
+    def category(self) -> str:
+        return self.name.split("/")[0]
+
+    @property
+    def model_id(self) -> str:
+        return self.name.split("/", 1)[1]
+
+
+def resolve_synset(name: str) -> str:
+    """'chair' -> '03001627'; synset ids pass through."""
+    return SYNSETS.get(name.lower(), name)
+
+
+def shapenet_sources(root: str | Path, synsets: list[str] | None = None, ids: list[str] | None = None) -> list[ShapeSource]:
+    """Shapes of a ShapeNetCore v1 (`<synset>/<id>/model.obj`) or v2
+    (`<synset>/<id>/models/model_normalized.obj`) tree, optionally limited to some synsets
+    (ids or names like 'chair') and model ids ('<id>' or '<synset>/<id>')."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"ShapeNet folder not found: {root}")
+    wanted_synsets = [resolve_synset(s) for s in synsets] if synsets else sorted(
+        p.name for p in root.iterdir() if p.is_dir() and p.name.isdigit()
+    )
+    if not wanted_synsets:
+        raise ValueError(f"{root} holds no synset folders (8-digit names such as 03001627); is it a ShapeNetCore root?")
+    wanted_ids = {i.split("/")[-1] for i in ids} if ids else None
+    sources = []
+    for synset in wanted_synsets:
+        synset_dir = root / synset
+        if not synset_dir.is_dir():
+            raise FileNotFoundError(f"synset {synset} not found under {root}")
+        for model_dir in sorted(p for p in synset_dir.iterdir() if p.is_dir()):
+            if wanted_ids is not None and model_dir.name not in wanted_ids:
+                continue
+            v2 = model_dir / "models" / "model_normalized.obj"
+            v1 = model_dir / "model.obj"
+            mesh = v2 if v2.is_file() else v1 if v1.is_file() else None
+            solid = model_dir / "models" / "model_normalized.solid.binvox"
+            if mesh is None:
+                continue  # the pipeline reports missing meshes only for ids the user asked for
+            sources.append(ShapeSource(f"{synset}/{model_dir.name}", "mesh", str(mesh), binvox=str(solid) if solid.is_file() else ""))
+    if wanted_ids is not None:
+        missing = wanted_ids - {s.model_id for s in sources}
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} requested model ids have no mesh under {root}, e.g. {sorted(missing)[:3]}")
+    return sources
+
+
+def mesh_folder_sources(root: str | Path) -> list[ShapeSource]:
+    """Plain mesh folders: `<root>/<category>/<name>.<obj|off|ply|stl|glb>`, category = folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"mesh folder not found: {root}")
+    sources = [
+        ShapeSource(f"{path.parent.name}/{path.stem}", "mesh", str(path))
+        for path in sorted(root.glob("*/*"))
+        if path.suffix.lower() in MESH_SUFFIXES
+    ]
+    if not sources:
+        raise ValueError(f"no meshes ({', '.join(MESH_SUFFIXES)}) found in the category folders of {root} (expected <root>/<category>/<name>.obj)")
+    return sources
+
+
+def binvox_sources(root: str | Path) -> list[ShapeSource]:
+    """Binvox files under `root`: ShapeNetVox32 (`<synset>/<id>/model.binvox`), ShapeNet v2
+    (`<synset>/<id>/models/model_normalized.solid.binvox`), or any `<category>/<name>.binvox`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"binvox folder not found: {root}")
+    sources = []
+    for path in sorted(root.rglob("*.binvox")):
+        if path.name.endswith(".surface.binvox"):
+            continue  # ShapeNet v2's surface-only voxels are not solid
+        if path.name == "model.binvox":
+            name = f"{path.parent.parent.name}/{path.parent.name}"
+        elif path.name == "model_normalized.solid.binvox":
+            name = f"{path.parents[2].name}/{path.parents[1].name}"
+        else:
+            name = f"{path.parent.name}/{path.stem}"
+        sources.append(ShapeSource(name, "binvox", str(path)))
+    if not sources:
+        raise ValueError(f"no .binvox files found under {root}")
+    return sources
+
+
+def attach_r2n2_views(sources: list[ShapeSource], rendering_root: str | Path) -> list[ShapeSource]:
+    """Use 3D-R2N2's renderings (`<root>/<synset>/<id>/rendering/`) as the views of the shapes that have them."""
+    rendering_root = Path(rendering_root)
+    if not rendering_root.is_dir():
+        raise FileNotFoundError(f"3D-R2N2 ShapeNetRendering folder not found: {rendering_root}")
+    out = []
+    for s in sources:
+        views = rendering_root / s.category / s.model_id / "rendering"
+        out.append(ShapeSource(s.name, s.kind, s.path, str(views) if views.is_dir() else "", s.binvox))
+    return out
+
+
+def read_r2n2_cameras(views_dir: str | Path, n_views: int) -> np.ndarray:
+    """float32 [n_views, 5] from `rendering_metadata.txt` (azimuth, elevation, in-plane rotation,
+    distance ratio, fov); NaN rows when the file is absent (the images alone are enough to train)."""
+    cameras = np.full((n_views, 5), np.nan, np.float32)
+    meta = Path(views_dir) / "rendering_metadata.txt"
+    if meta.is_file():
+        rows = [line.split() for line in meta.read_text().splitlines() if line.strip()]
+        for i, row in enumerate(rows[:n_views]):
+            cameras[i] = [float(v) for v in row[:5]]
+    return cameras

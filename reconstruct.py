@@ -1,0 +1,219 @@
+"""Single-view reconstruction: images in, meshes out, at any resolution.
+
+    image -> 128x128 grayscale input -> image encoder -> code z -> occupancy field -> mesh
+
+Examples:
+    python reconstruct.py --checkpoint runs/svr/best.pt photo.jpg --output chair.obj
+    python reconstruct.py --checkpoint runs/svr/best.pt photos/ --output meshes/ --resolution 256
+    python reconstruct.py --checkpoint runs/svr/best.pt data/03001627_test.hdf5 --view 0 --output meshes/
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+EXPORT_FORMATS = ("obj", "ply", "off", "stl", "glb")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+
+@dataclass
+class Item:
+    """One input: its name (used for output file names) and either a file or an HDF5 row."""
+
+    name: str
+    path: Path | None = None
+    pixels: np.ndarray | None = None  # uint8 [128, 128] already in network form (HDF5 views)
+    centre: np.ndarray | None = None  # normalisation, when known, to map meshes to the source frame
+    scale: float | None = None
+
+
+def collect_inputs(inputs: list[str], view: int, shapes: str | None) -> list[Item]:
+    """Files, folders of images, and HDF5 files (every shape's `view`, or the `shapes` range)."""
+    items: list[Item] = []
+    for raw in inputs:
+        path = Path(raw)
+        if not path.exists():
+            raise FileNotFoundError(f"input not found: {path}")
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+            items += [Item(p.stem, p) for p in files]
+        elif path.suffix.lower() in (".h5", ".hdf5"):
+            items += hdf5_items(path, view, shapes)
+        else:
+            items.append(Item(path.stem, path))
+    return items
+
+
+def hdf5_items(path: Path, view: int, shapes: str | None) -> list[Item]:
+    from imnet.datafile import open_datafile
+
+    data = open_datafile(path)
+    if data.pixels is None:
+        raise ValueError(f"{path} holds no views ('pixels'); it cannot be used for single-view reconstruction")
+    if not 0 <= view < data.pixels.shape[1]:
+        raise ValueError(f"--view must be in 0..{data.pixels.shape[1] - 1}, got {view}")
+    rows = range(len(data))
+    if shapes:
+        start, _, stop = shapes.partition(":")
+        rows = range(int(start or 0), min(int(stop) if stop else int(start) + 1, len(data)))
+    names = data.names or [f"shape_{i:05d}" for i in range(len(data))]
+    meta = data.meta or {}
+    items = []
+    for i in rows:
+        crop = np.asarray(data.pixels[i, view, 4:132, 4:132])  # the training crop
+        centre = meta.get("centre")
+        scale = meta.get("scale")
+        items.append(Item(
+            f"{names[i].replace('/', '_')}_view{view:02d}", None, crop,
+            None if centre is None else np.asarray(centre[i]), None if scale is None else float(scale[i]),
+        ))
+    return items
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Never leave a half-written output: write a temp file beside it, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def output_path(args: argparse.Namespace, item: Item, n_items: int) -> Path:
+    out = Path(args.output) if args.output else Path("reconstructions")
+    if n_items == 1 and out.suffix.lower().lstrip(".") in EXPORT_FORMATS:
+        return out
+    return out / f"{item.name}.{args.format}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from imnet.config import ReconstructConfig
+
+    d = ReconstructConfig()
+    p = argparse.ArgumentParser(
+        description="Reconstruct 3D meshes from single images with a trained IM-NET SVR model.",
+        epilog="Photos: the object is cropped from its background (alpha, or the border colour), padded to a "
+        "square like the training views, made grayscale and resized to 128x128. Use --save-input to see "
+        "what the network saw. 137x137 3D-R2N2 views are centre-cropped to 128x128 as in training.",
+    )
+    p.add_argument("inputs", nargs="+", help="image files (png/jpg/webp, any mode), folders of images, or "
+                   "HDF5 files from data_prep (one view per shape, see --view)")
+    p.add_argument("--checkpoint", required=True, help="SVR checkpoint (train.py svr), e.g. runs/svr/best.pt")
+    p.add_argument("--output", "-o", help="output mesh file (one input) or folder (default: reconstructions/)")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="obj", help="mesh format when --output is a folder (default obj)")
+    p.add_argument("--resolution", type=int, default=d.resolution, help="marching-cubes grid, any integer >= 8, "
+                   "e.g. 64, 100, 128, 256, 512 (default %(default)s)")
+    p.add_argument("--level", type=float, default=d.level, help="iso-level of the occupancy field (default %(default)s)")
+    p.add_argument("--method", choices=["coarse_to_fine", "dense"], default=d.method,
+                   help="coarse_to_fine evaluates the decoder only near the surface; dense everywhere (reference)")
+    p.add_argument("--max-batch-points", type=int, default=d.max_batch_points, help="points per decoder call; "
+                   "bounds memory at any resolution (default %(default)s)")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--half", action="store_true", help="run the decoder in half precision (GPU; bfloat16 on CPU)")
+    p.add_argument("--kind", choices=["auto", "r2n2", "photo"], default="auto",
+                   help="how to read image files: auto (137x137 views are R2N2, others photos), r2n2, photo")
+    p.add_argument("--view", type=int, default=0, help="view index for HDF5 inputs (default 0)")
+    p.add_argument("--shapes", help="rows of HDF5 inputs as START:STOP (default: all)")
+    p.add_argument("--original-frame", action="store_true", help="map meshes back to the source mesh's frame "
+                   "when the normalisation is known (HDF5 inputs from data_prep)")
+    p.add_argument("--smooth", type=int, default=0, help="Taubin smoothing iterations (trimesh; default 0)")
+    p.add_argument("--save-input", action="store_true", help="also write the 128x128 image the network saw (<name>_input.png)")
+    p.add_argument("--save-code", action="store_true", help="also write the shape code z (<name>_code.npy)")
+    p.add_argument("--preview", action="store_true", help="also write a PNG: input image beside a rendering of the mesh")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError) as e:  # user mistakes: one line, no traceback
+        print(f"reconstruct.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    import trimesh
+    from PIL import Image
+
+    from imnet.checkpoint import load_model
+    from imnet.images import preprocess
+    from imnet.inference import reconstruct_image, resolve_device
+
+    if args.resolution < 8:
+        raise ValueError(f"--resolution must be at least 8, got {args.resolution}")
+    if args.max_batch_points < 1:
+        raise ValueError("--max-batch-points must be positive")
+    items = collect_inputs(args.inputs, args.view, args.shapes)
+    device = resolve_device(args.device)
+    model, _ = load_model(args.checkpoint, map_location=device)
+    model.to(device).eval()
+
+    written, failed, empty = [], [], []
+    for item in tqdm(items, desc="reconstructing", unit="image", disable=len(items) < 2):
+        try:
+            pixels = item.pixels if item.pixels is not None else preprocess(item.path, kind=args.kind)
+        except ValueError as e:  # unreadable, empty, no object: skip this one, report at the end
+            failed.append(f"{item.name}: {e}")
+            continue
+        result = reconstruct_image(model, pixels, args.resolution, args.level, args.method, args.max_batch_points, args.half)
+        out = output_path(args, item, len(items))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if args.save_input:
+            Image.fromarray(pixels).save(out.with_name(out.stem + "_input.png"))
+        if args.save_code:
+            np.save(out.with_name(out.stem + "_code.npy"), result.code)
+        mesh = result.mesh
+        if len(mesh.faces) == 0:
+            empty.append(item.name)
+            warnings.warn(f"{item.name}: the field has no surface at level {args.level} (nothing inside); no mesh written")
+            continue
+        if args.smooth:
+            trimesh.smoothing.filter_taubin(mesh, iterations=args.smooth)
+        if args.original_frame and item.scale is not None:
+            mesh.apply_scale(item.scale)
+            mesh.apply_translation(item.centre)
+        write_atomic(out, mesh.export(file_type=out.suffix.lstrip(".").lower()))
+        if args.preview:
+            write_preview(out.with_name(out.stem + "_preview.png"), pixels, mesh)
+        written.append(out)
+        tqdm.write(f"{item.name}: {len(mesh.vertices)} vertices, {result.evaluations} decoder evaluations, "
+                   f"{result.seconds:.2f} s -> {out}")
+
+    for line in failed:
+        print(f"reconstruct.py: skipped {line}", file=sys.stderr)
+    where = f" in {Path(args.output or 'reconstructions')}" if len(written) != 1 else f": {written[0]}"
+    print(f"{len(written)} meshes written{where}" + (f"; {len(empty)} empty" if empty else "") +
+          (f"; {len(failed)} inputs skipped" if failed else ""))
+    return 0 if written else 1
+
+
+def write_preview(path: Path, pixels: np.ndarray, mesh) -> None:
+    """Input image and a shaded rendering of the mesh, side by side."""
+    from PIL import Image
+
+    from imnet.render import render_rgb
+
+    rendering = render_rgb(mesh, azimuth=30.0, elevation=25.0, size=256)
+    left = np.repeat(np.asarray(Image.fromarray(pixels).resize((256, 256)))[..., None], 3, axis=2)
+    Image.fromarray(np.concatenate([left, rendering], axis=1)).save(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
