@@ -1,0 +1,550 @@
+"""Read and write IM-NET-layout HDF5 data files.
+
+Our files ("imnet-v1") use IM-NET's published layout, so either project can read the other's data.
+Every dataset below is uint8, gzip-compressed and chunked one shape per chunk:
+
+| key | shape | meaning |
+|---|---|---|
+| ``pixels`` | [N, 24, 137, 137] | grayscale views, object dark on white; absent in voxel-only files |
+| ``voxels`` | [N, 64, 64, 64, 1] | solid occupancy, indexed [x, y, z] (256^3 grid max-pooled by 4) |
+| ``points_16``, ``values_16`` | [N, 4096, 3], [N, 4096, 1] | coarse points and their occupancy |
+| ``points_32``, ``values_32`` | [N, 4096, 3], [N, 4096, 1] | near-surface points |
+| ``points_64``, ``values_64`` | [N, 16384, 3], [N, 16384, 1] | near-surface points |
+
+Points are indices (x, y, z) into the 256^3 grid over [-0.5, 0.5]^3 (see ``imnet.sampling``).
+Our extras, which IM-NET ignores:
+
+- group ``meta``: ``centre`` float32 [N, 3] and ``scale`` float32 [N] (object space is
+  ``(p - centre) / scale`` of the source mesh), ``cameras`` float32 [N, 24, 5] (azimuth, elevation,
+  in-plane rotation, distance ratio, field of view per view), ``source`` utf-8 string [N] (where the
+  shape came from) and ``name`` utf-8 string [N] (the names again, in case the text file gets lost).
+  Unknown numbers are NaN, unknown strings empty.
+- file attributes ``format`` = "imnet", ``format_version`` = 1, ``point_grid`` = 256.
+- beside ``<stem>.hdf5``, a text file ``<stem>.txt`` with one ``synset/model_id`` per line in row
+  order, the way IM-NET's published files name their shapes.
+
+``open_datafile`` also reads IM-NET's published files and its original 2018 files, and says which it
+found in ``ShapeData.layout``:
+
+- "imnet-v1": the file attribute ``format`` is "imnet" (ours).
+- otherwise the point counts per level decide: 4096 / 4096 / 16384 is "imnet-published" (indices
+  into the 256^3 grid); 4096 / 8192 / 32768 is "imnet-2018", whose points index the 16^3, 32^3 and
+  64^3 grids themselves (checked on the first shape: every index must be below the level's grid
+  size). The 2018 files have no ``pixels``; neither foreign layout has ``meta``.
+
+Names come from ``meta/name`` in our files (written with the data, so never out of step) and from
+the ``.txt`` beside the file otherwise.
+
+Shapes in the per-shape record files of the data preparation pipeline (``write_shape_record``) are
+dicts with the keys ``voxels`` [64, 64, 64] (or [..., 1]), ``points_L`` [P, 3], ``values_L`` [P] (or
+[P, 1]) for L in 16, 32, 64, and optionally ``pixels`` [24, 137, 137], ``centre`` [3], ``scale`` [],
+``cameras`` [24, 5], ``source`` str and ``name`` str.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+from imnet.sampling import GRID, POINT_COUNTS, indices_to_coords
+
+FORMAT = "imnet"
+FORMAT_VERSION = 1
+LEVELS = (16, 32, 64)
+POINT_COUNTS_2018 = {16: 4096, 32: 8192, 64: 32768}
+N_VIEWS = 24
+VIEW_SIZE = 137
+VOXEL_SIZE = 64
+
+# Per-shape shapes of the uint8 datasets, in file order.
+_ROW_SHAPES = {
+    "pixels": (N_VIEWS, VIEW_SIZE, VIEW_SIZE),
+    "voxels": (VOXEL_SIZE, VOXEL_SIZE, VOXEL_SIZE, 1),
+    "points_16": (POINT_COUNTS[16], 3),
+    "values_16": (POINT_COUNTS[16], 1),
+    "points_32": (POINT_COUNTS[32], 3),
+    "values_32": (POINT_COUNTS[32], 1),
+    "points_64": (POINT_COUNTS[64], 3),
+    "values_64": (POINT_COUNTS[64], 1),
+}
+_REQUIRED = [key for key in _ROW_SHAPES if key != "pixels"]
+# Per-shape shapes of the float32 meta datasets.
+_META_SHAPES = {"centre": (3,), "scale": (), "cameras": (N_VIEWS, 5)}
+_META_STRINGS = ("source", "name")
+
+Index = int | slice | Sequence[int] | np.ndarray
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_datafile(
+    path: str | os.PathLike,
+    shapes: Sequence[Mapping[str, object]] | Mapping[str, object],
+    names: Sequence[str],
+    *,
+    compression_level: int = 4,
+) -> Path:
+    """Write shapes to an IM-NET-layout HDF5 file and its names file, atomically.
+
+    The file is written under a temporary name in the same folder and renamed into place, so
+    ``path`` is either the complete new file or untouched (an older version, or nothing).
+
+    Args:
+        path: output ``.hdf5`` file; the names go to the same path with suffix ``.txt``.
+        shapes: either a sequence of N per-shape records (see the module docstring), or one dict of
+            stacked arrays with the same keys and a leading axis N (``source`` a list of N strings).
+            Either all shapes have ``pixels`` or none.
+        names: N names, ``synset/model_id``, in row order.
+        compression_level: gzip level 0-9; on real chairs with views, 4 writes ~4x faster than
+            9 for ~3% more bytes.
+
+    Returns:
+        The path written.
+    """
+    names = list(names)
+    if isinstance(shapes, Mapping):
+        records: Iterable[Mapping[str, object]] = _unstack(shapes, len(names))
+    else:
+        if len(shapes) != len(names):
+            raise ValueError(f"got {len(shapes)} shapes but {len(names)} names; give one name per shape")
+        records = shapes
+    return _write(Path(path), records, len(names), names, compression_level)
+
+
+def assemble(
+    record_paths: Sequence[str | os.PathLike],
+    out_path: str | os.PathLike,
+    names: Sequence[str] | None = None,
+    *,
+    compression_level: int = 4,
+) -> Path:
+    """Stream per-shape record files into one data file, holding one shape in memory at a time.
+
+    Args:
+        record_paths: N files written by ``write_shape_record``, in the row order wanted.
+        out_path: output ``.hdf5`` file (written atomically, names file beside it).
+        names: N names; by default each record's own ``name``.
+        compression_level: gzip level 0-9.
+
+    Returns:
+        The path written.
+    """
+    if names is not None and len(names) != len(record_paths):
+        raise ValueError(f"got {len(record_paths)} record files but {len(names)} names")
+    records = (read_shape_record(p) for p in record_paths)
+    return _write(Path(out_path), records, len(record_paths), names, compression_level)
+
+
+def write_shape_record(path: str | os.PathLike, record: Mapping[str, object]) -> Path:
+    """Save one shape's record (see the module docstring) as a compressed ``.npz``, atomically.
+
+    The record is checked here, so a bad shape fails in the worker that made it rather than
+    during ``assemble``.
+    """
+    path = Path(path)
+    arrays = _check_record(record, where=str(path))
+    with _atomic(path) as tmp, open(tmp, "wb") as fh:
+        # Strings go in as 0-d unicode arrays so the file loads without pickle.
+        np.savez_compressed(fh, **{key: np.asarray(value) for key, value in arrays.items()})
+    return path
+
+
+def read_shape_record(path: str | os.PathLike) -> dict[str, np.ndarray | str]:
+    """Load a record written by ``write_shape_record``; strings come back as ``str``."""
+    with np.load(path, allow_pickle=False) as npz:
+        record = {key: npz[key] for key in npz.files}
+    for key in _META_STRINGS:
+        if key in record:
+            record[key] = str(record[key])
+    return record
+
+
+def _write(
+    path: Path,
+    records: Iterable[Mapping[str, object]],
+    n: int,
+    names: list[str] | None,
+    compression_level: int,
+) -> Path:
+    if n == 0:
+        raise ValueError("no shapes to write; a data file needs at least one shape")
+    if names is not None:
+        _check_names(names)
+    found_names = []
+    meta = {key: np.full((n, *shape), np.nan, np.float32) for key, shape in _META_SHAPES.items()}
+    sources = []
+    with _atomic(path) as tmp, h5py.File(tmp, "w") as f:
+        count = 0
+        for i, record in enumerate(records):
+            if i == n:
+                raise ValueError(f"got more shapes than the {n} expected")
+            arrays = _check_record(record, where=f"shape {i}")
+            if i == 0:
+                has_pixels = "pixels" in arrays
+                keys = [key for key in _ROW_SHAPES if has_pixels or key != "pixels"]
+                for key in keys:
+                    f.create_dataset(
+                        key, shape=(n, *_ROW_SHAPES[key]), dtype=np.uint8,
+                        chunks=(1, *_ROW_SHAPES[key]),
+                        compression="gzip", compression_opts=compression_level,
+                    )
+            elif ("pixels" in arrays) != has_pixels:
+                raise ValueError(
+                    f"shape {i} {'lacks' if has_pixels else 'has'} pixels and shape 0 "
+                    f"{'has' if has_pixels else 'lacks'} them; either every shape has views or none"
+                )
+            for key in keys:
+                f[key][i] = arrays[key]
+            for key in _META_SHAPES:
+                if key in arrays:
+                    meta[key][i] = arrays[key]
+            sources.append(arrays.get("source", ""))
+            found_names.append(arrays.get("name", ""))
+            count += 1
+        if count != n:
+            raise ValueError(f"got {count} shapes but expected {n}")
+        if names is None:
+            missing = [i for i, name in enumerate(found_names) if not name]
+            if missing:
+                raise ValueError(f"records {missing[:5]} have no 'name'; pass names= or store them")
+            names = found_names
+            _check_names(names)
+
+        group = f.create_group("meta")
+        for key, values in meta.items():
+            group.create_dataset(key, data=values)
+        strings = h5py.string_dtype("utf-8")
+        group.create_dataset("source", data=np.array(sources, dtype=object), dtype=strings)
+        group.create_dataset("name", data=np.array(names, dtype=object), dtype=strings)
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["point_grid"] = GRID
+
+    # After the data file: should this fail, the data still carry their names in meta/name.
+    with _atomic(path.with_suffix(".txt")) as names_tmp:
+        names_tmp.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+    return path
+
+
+def _check_record(record: Mapping[str, object], *, where: str) -> dict[str, np.ndarray | str]:
+    """Validate a per-shape record and bring it to the file's shapes and dtypes."""
+    missing = [key for key in _REQUIRED if key not in record]
+    if missing:
+        raise ValueError(f"{where}: record lacks {', '.join(missing)}; have {sorted(record)}")
+    out: dict[str, np.ndarray | str] = {}
+    for key, shape in _ROW_SHAPES.items():
+        if key not in record:
+            continue
+        value = np.asarray(record[key])
+        if key == "voxels" or key.startswith("values_"):
+            value = value.reshape(value.shape + (1,)) if value.shape == shape[:-1] else value
+        if value.shape != shape:
+            raise ValueError(f"{where}: '{key}' has shape {value.shape}, expected {shape}")
+        if value.dtype.kind not in "biu":
+            raise ValueError(f"{where}: '{key}' has dtype {value.dtype}, expected integers or bools")
+        top = 255 if key.startswith("points_") or key == "pixels" else 1
+        if value.size and (value.min() < 0 or value.max() > top):
+            raise ValueError(f"{where}: '{key}' holds values outside 0..{top}")
+        out[key] = value.astype(np.uint8, copy=False)
+    for key, shape in _META_SHAPES.items():
+        if key in record:
+            value = np.asarray(record[key], dtype=np.float32)
+            if value.shape != shape:
+                raise ValueError(f"{where}: '{key}' has shape {value.shape}, expected {shape}")
+            out[key] = value
+    for key in _META_STRINGS:
+        if key in record:
+            out[key] = str(record[key])
+    return out
+
+
+def _check_names(names: Sequence[str]) -> None:
+    bad = [name for name in names if not name or "\n" in name or name != name.strip()]
+    if bad:
+        raise ValueError(f"names must be non-empty single-line strings without outer spaces: {bad[:5]}")
+
+
+def _unstack(arrays: Mapping[str, object], n: int) -> Iterator[dict[str, object]]:
+    for key, value in arrays.items():
+        if len(value) != n:
+            raise ValueError(f"'{key}' has {len(value)} rows but {n} names were given")
+    for i in range(n):
+        yield {key: value[i] for key, value in arrays.items()}
+
+
+@contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place on success, delete it on error."""
+    # A name of our own rather than mkstemp: mkstemp's 0600 mode would stick to the output.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+class LazyRows:
+    """Rows of an HDF5 dataset read on indexing, like an array: ``rows[i]``, ``rows[2:5, 0]``.
+
+    Only the rows asked for are read (each row is one compressed chunk); ``np.asarray(rows)`` reads
+    them all. ``drop_channel`` hides the trailing length-1 axis of ``voxels`` [N, 64, 64, 64, 1].
+    """
+
+    def __init__(self, dataset: h5py.Dataset, drop_channel: bool = False) -> None:
+        self._dataset = dataset
+        self._drop_channel = drop_channel
+        self.shape = dataset.shape[:-1] if drop_channel else dataset.shape
+        self.dtype = dataset.dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"LazyRows({self._dataset.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self[:] if dtype is None else self[:].astype(dtype)
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        rows, rest = (slice(None), key) if key and key[0] is Ellipsis else (key[0], key[1:])
+        data = _read_rows(self._dataset, rows)
+        if self._drop_channel:
+            data = data[..., 0]
+        single_row = not isinstance(rows, slice) and np.ndim(rows) == 0
+        # A single row has lost the row axis already; otherwise ``rest`` indexes past it.
+        return data[rest] if single_row else data[(slice(None), *rest)]
+
+
+def _read_rows(dataset: h5py.Dataset, rows: Index) -> np.ndarray:
+    if isinstance(rows, slice):
+        return dataset[rows]
+    resolved = np.arange(len(dataset))[rows]  # negative indices, bool masks; IndexError if out of range
+    if resolved.ndim == 0:
+        return dataset[int(resolved)]
+    # h5py reads lists of rows only in increasing order without repeats.
+    unique, inverse = np.unique(resolved, return_inverse=True)
+    return dataset[unique][inverse]
+
+
+class ShapeData:
+    """An open IM-NET-layout data file; get one from ``open_datafile``.
+
+    Data are read from the file when asked for, unless ``load_into_memory`` has loaded them; then
+    they are served from memory, as stored (uint8). ``voxels`` and ``pixels`` are arrays when loaded
+    and ``LazyRows`` views otherwise, indexed the same way (``data.pixels[i, view]``). The point
+    accessors take an ``index`` over shapes (int, slice or array of ints; an int drops the shape
+    axis, as in numpy).
+
+    Attributes:
+        path: the HDF5 file.
+        layout: "imnet-v1", "imnet-published" or "imnet-2018" (see the module docstring).
+        names: shape names in row order, or None: ``meta/name`` in our files, else the ``.txt``
+            file beside the data file if there is one.
+        meta: our extras, or None for foreign layouts: ``centre`` float32 [N, 3], ``scale`` float32
+            [N], ``cameras`` float32 [N, 24, 5], ``source`` list of N str.
+        point_counts: points per shape at each level, e.g. {16: 4096, 32: 4096, 64: 16384}.
+    """
+
+    def __init__(self, path: Path, file: h5py.File, layout: str, names: list[str] | None,
+                 meta: dict | None) -> None:
+        self.path = path
+        self.layout = layout
+        self.names = names
+        self.meta = meta
+        self.point_counts = {level: file[f"points_{level}"].shape[1] for level in LEVELS}
+        self._keys = [key for key in _ROW_SHAPES if key in file]
+        self._file: h5py.File | None = file
+        self._len = file["voxels"].shape[0]
+        self._memory: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __repr__(self) -> str:
+        return (f"ShapeData({str(self.path)!r}, layout={self.layout!r}, shapes={len(self)}, "
+                f"pixels={self.pixels is not None}, in_memory={sorted(self._memory)})")
+
+    def __enter__(self) -> ShapeData:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the file; data already loaded into memory stay usable."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def load_into_memory(self, keys: Iterable[str] | None = None) -> ShapeData:
+        """Read datasets into memory once (as stored: uint8), so later accesses skip the file.
+
+        Args:
+            keys: dataset names such as ``["voxels", "points_64", "values_64"]``; default all that
+                the file has. ``pixels`` take 450 KB per shape, so leave them out when not needed.
+
+        Returns:
+            self, for chaining.
+        """
+        keys = list(self._keys if keys is None else keys)
+        unknown = [key for key in keys if key not in self._keys]
+        if unknown:
+            raise KeyError(f"{self.path} has no dataset {unknown}; it has {self._keys}")
+        for key in keys:
+            if key not in self._memory:
+                self._memory[key] = self._open()[key][...]
+        return self
+
+    @property
+    def voxels(self) -> np.ndarray | LazyRows:
+        """Solid occupancy: uint8 (0/1) [N, 64, 64, 64], indexed [x, y, z] like the points."""
+        return self._rows("voxels", drop_channel=True)
+
+    @property
+    def pixels(self) -> np.ndarray | LazyRows | None:
+        """Rendered views: uint8 [N, 24, 137, 137], object dark on white; None in voxel-only files."""
+        return self._rows("pixels") if "pixels" in self._keys else None
+
+    def point_grid(self, level: int) -> int:
+        """Resolution of the grid that ``point_indices(level)`` index: 256, or ``level`` for 2018 files."""
+        self._check_level(level)
+        return level if self.layout == "imnet-2018" else GRID
+
+    def point_indices(self, level: int, index: Index = slice(None)) -> np.ndarray:
+        """Stored points: uint8 [N, P, 3] indices (x, y, z) into the ``point_grid(level)`` grid."""
+        self._check_level(level)
+        return self._rows(f"points_{level}")[index]
+
+    def points(self, level: int, index: Index = slice(None)) -> np.ndarray:
+        """Point positions in object space [-0.5, 0.5]^3: float32 [N, P, 3] (x, y, z)."""
+        return indices_to_coords(self.point_indices(level, index), grid=self.point_grid(level))
+
+    def values(self, level: int, index: Index = slice(None)) -> np.ndarray:
+        """Occupancy of the points: float32 [N, P], 1 inside and 0 outside."""
+        self._check_level(level)
+        return self._rows(f"values_{level}", drop_channel=True)[index].astype(np.float32)
+
+    def _rows(self, key: str, drop_channel: bool = False) -> np.ndarray | LazyRows:
+        if key in self._memory:
+            return self._memory[key][..., 0] if drop_channel else self._memory[key]
+        return LazyRows(self._open()[key], drop_channel)
+
+    def _check_level(self, level: int) -> None:
+        if level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+
+    def _open(self) -> h5py.File:
+        if self._file is None:
+            raise RuntimeError(
+                f"{self.path} is closed; load what you need with load_into_memory() before closing"
+            )
+        return self._file
+
+
+def open_datafile(path: str | os.PathLike) -> ShapeData:
+    """Open an IM-NET-layout HDF5 file: ours, IM-NET's published data or its 2018 data.
+
+    The layout is detected as described in the module docstring and reported in ``.layout``;
+    points come back in object space whatever the layout.
+
+    Args:
+        path: the ``.hdf5`` file. For foreign layouts, names are read from the ``.txt`` file of
+            the same stem if there is one.
+
+    Returns:
+        A ``ShapeData`` reading lazily from the open file; close it (or use ``with``) when done.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such data file")
+    if not h5py.is_hdf5(path):
+        raise ValueError(
+            f"{path} is not an HDF5 file; expected an IM-NET data file (.hdf5) written by "
+            "data_prep or from IM-NET's published data"
+        )
+    file = h5py.File(path, "r")
+    try:
+        layout = _detect_layout(file, path)
+        if layout == "imnet-v1":
+            meta = _read_meta(file)
+            # Written in one go with the data, so more trustworthy than the text file beside it.
+            names = meta.pop("name")
+        else:
+            meta = None
+            names = _read_names(path, len(file["voxels"]))
+        return ShapeData(path, file, layout, names, meta)
+    except BaseException:
+        file.close()
+        raise
+
+
+def _detect_layout(file: h5py.File, path: Path) -> str:
+    missing = [key for key in _REQUIRED if key not in file]
+    if missing:
+        raise ValueError(
+            f"{path} is not an IM-NET data file: missing datasets {', '.join(missing)} "
+            f"(it has {', '.join(sorted(file.keys())) or 'none'})"
+        )
+    if file.attrs.get("format") == FORMAT:
+        version = int(file.attrs.get("format_version", 0))
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"{path} has format_version {version}, newer than this imnet ({FORMAT_VERSION}); "
+                "upgrade imnet to read it"
+            )
+        return "imnet-v1"
+    counts = {level: file[f"points_{level}"].shape[1] for level in LEVELS}
+    if counts == POINT_COUNTS:
+        return "imnet-published"
+    if counts == POINT_COUNTS_2018:
+        for level in LEVELS:
+            top = int(file[f"points_{level}"][0].max())
+            if top >= level:
+                raise ValueError(
+                    f"{path} has the 2018 point counts but points_{level} holds index {top}, "
+                    f"outside the {level}^3 grid that layout indexes; the file mixes layouts"
+                )
+        return "imnet-2018"
+    raise ValueError(
+        f"{path} has points per level {counts}, which matches neither IM-NET's published layout "
+        f"{POINT_COUNTS} nor its 2018 layout {POINT_COUNTS_2018}"
+    )
+
+
+def _read_meta(file: h5py.File) -> dict:
+    group = file["meta"]
+    meta = {key: group[key][...] for key in _META_SHAPES}
+    for key in _META_STRINGS:
+        meta[key] = list(group[key].asstr()[...])
+    return meta
+
+
+def _read_names(path: Path, n: int) -> list[str] | None:
+    names_path = path.with_suffix(".txt")
+    if not names_path.is_file():
+        return None
+    names = [line.strip() for line in names_path.read_text(encoding="utf-8").splitlines()]
+    while names and not names[-1]:
+        names.pop()
+    if len(names) != n:
+        raise ValueError(
+            f"{names_path} lists {len(names)} names but {path} holds {n} shapes; "
+            "fix or remove the names file"
+        )
+    return names
