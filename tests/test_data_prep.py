@@ -164,8 +164,8 @@ def test_official_binvox_voxels_agree_with_our_voxeliser(tmp_path):
     a = open_datafile(tmp_path / "mesh" / "03001627_train.hdf5").voxels[0].astype(bool)
     b = open_datafile(tmp_path / "binvox" / "03001627_train.hdf5").voxels[0].astype(bool)
     # Every official voxel lies within one cell of ours. The converse does not hold for this chair:
-    # the official "solid" file is hollow inside the seat and back cushions (binvox's fill leaked
-    # through the mesh's gaps), which our voxeliser fills.
+    # its seat and back are zero-thickness sheets of back-to-back faces that binvox dropped (its
+    # solid file equals its surface file), while our voxeliser keeps them.
     def recall(reference, candidate):
         return (reference & ndimage.binary_dilation(candidate, np.ones((3, 3, 3)))).sum() / reference.sum()
 
