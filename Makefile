@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv browser clean
 
 venv: $(STAMP)
 
@@ -19,8 +19,15 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash demo.sh
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# The web app's end-to-end test drives Debian's Chromium (Playwright downloads no browser here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "note: could not install chromium (needs root and apt); the browser test will be skipped"
 
 bench: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash bench/run_all.sh
