@@ -1,0 +1,280 @@
+"""Tests for imnet.extract: dense and coarse-to-fine sampling of analytic and real fields, meshing.
+
+The analytic fields are soft (a sigmoid of the signed distance) so that they look like a decoder's
+output. Coarse-to-fine sampling is compared with dense sampling exactly: for the shapes here the
+occupancy, the values near the surface and the marching-cubes meshes must all be identical.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy.ndimage import map_coordinates
+from scipy.special import expit
+
+from imnet.binvox import read_binvox
+from imnet.extract import coarse_to_fine_grid, dense_grid, extract_mesh, grid_to_mesh
+
+DATA = Path(__file__).parent / "data"
+AIRPLANE_BINVOX = (
+    DATA
+    / "shapenet_v2_sample/02691156/4de653411d132abdf1e2558bb9cfc329/models/model_normalized.solid.binvox"
+)
+
+SHARPNESS = 300.0  # the sigmoid goes from 0.27 to 0.73 over 1/150: about a voxel at 128^3
+
+
+def soft(sdf):
+    """Occupancy field from a signed distance function (negative inside)."""
+    return lambda points: expit(-SHARPNESS * sdf(points)).astype(np.float32)
+
+
+def sphere_sdf(centre, radius):
+    return lambda p: np.linalg.norm(p - np.asarray(centre), axis=1) - radius
+
+
+def box_sdf(low, high):
+    low, high = np.asarray(low), np.asarray(high)
+    centre, half = (low + high) / 2, (high - low) / 2
+
+    def sdf(p):
+        q = np.abs(p - centre) - half
+        return np.linalg.norm(np.maximum(q, 0), axis=1) + np.minimum(q.max(axis=1), 0)
+
+    return sdf
+
+
+def torus_sdf(major, minor):
+    """Torus around the y axis."""
+    return lambda p: np.hypot(np.hypot(p[:, 0], p[:, 2]) - major, p[:, 1]) - minor
+
+
+def union(*sdfs):
+    return lambda p: np.min([sdf(p) for sdf in sdfs], axis=0)
+
+
+SHAPES = {
+    "sphere": soft(sphere_sdf((0.03, -0.02, 0.01), 0.3)),
+    "torus": soft(torus_sdf(0.28, 0.08)),
+    "two blobs": soft(union(sphere_sdf((-0.25, 0.1, 0.0), 0.15), sphere_sdf((0.22, -0.2, 0.1), 0.12))),
+}
+
+
+def cell_centres(resolution):
+    return (np.arange(resolution) + 0.5) / resolution - 0.5
+
+
+def near_surface(occupied):
+    """Grid points that are a corner of a cell the surface crosses (padding counted as outside)."""
+    cells = sliding_window_view(np.pad(occupied, 1), (2, 2, 2))
+    crossed = cells.any(axis=(-3, -2, -1)) & ~cells.all(axis=(-3, -2, -1))
+    corner = np.zeros(np.array(occupied.shape) + 2, dtype=bool)
+    for dx, dy, dz in np.ndindex(2, 2, 2):
+        corner[dx : dx + crossed.shape[0], dy : dy + crossed.shape[1], dz : dz + crossed.shape[2]] |= crossed
+    return corner[1:-1, 1:-1, 1:-1]
+
+
+def test_dense_grid_samples_cell_centres():
+    values = dense_grid(lambda p: p[:, 0] + 10 * p[:, 1] + 100 * p[:, 2], 7, max_batch_points=50)
+    c = cell_centres(7)
+    expected = c[:, None, None] + 10 * c[None, :, None] + 100 * c[None, None, :]
+    assert values.shape == (7, 7, 7) and values.dtype == np.float32
+    np.testing.assert_allclose(values, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "shape, resolution",
+    [("sphere", 33), ("sphere", 64), ("sphere", 100), ("sphere", 128), ("torus", 64), ("torus", 100),
+     ("two blobs", 77), ("two blobs", 128)],
+)
+def test_coarse_to_fine_equals_dense(shape, resolution):
+    field = SHAPES[shape]
+    dense = dense_grid(field, resolution)
+    values, stats = coarse_to_fine_grid(field, resolution)
+
+    assert values.shape == dense.shape and values.dtype == np.float32
+    np.testing.assert_array_equal(values > 0.5, dense > 0.5)
+    # Marching cubes sees only evaluated values where the surface is, so the meshes are the same.
+    surface = near_surface(dense > 0.5)
+    np.testing.assert_array_equal(values[surface], dense[surface])
+    mesh, reference = grid_to_mesh(values), grid_to_mesh(dense)
+    np.testing.assert_array_equal(mesh.vertices, reference.vertices)
+    np.testing.assert_array_equal(mesh.faces, reference.faces)
+    assert stats.evaluations == sum(stats.evaluations_per_level.values())
+
+
+@pytest.mark.parametrize("resolution", [2, 3, 5, 7, 17])
+@pytest.mark.parametrize("coarse_resolution", [2, 3, 4])
+def test_any_resolution_and_coarse_spacing_equals_dense(resolution, coarse_resolution):
+    field = soft(sphere_sdf((0.0, 0.0, 0.0), 0.45))
+    values, _ = coarse_to_fine_grid(field, resolution, coarse_resolution=coarse_resolution)
+    np.testing.assert_array_equal(values > 0.5, dense_grid(field, resolution) > 0.5)
+
+
+def test_evaluations_far_below_dense_and_batched():
+    calls = []
+
+    def field(points):
+        calls.append(len(points))
+        return SHAPES["sphere"](points)
+
+    _, stats = coarse_to_fine_grid(field, 128, max_batch_points=5000)
+    assert stats.method == "coarse_to_fine" and stats.resolution == 128
+    assert stats.reduction > 15  # about 22 for this sphere
+    assert stats.evaluations == sum(calls) and stats.field_calls == len(calls)
+    assert max(calls) <= 5000
+    assert list(stats.evaluations_per_level) == [4, 2, 1]  # strides, coarse first
+
+
+def chair_with_thin_parts(resolution):
+    """A thick seat carrying a plate and a rod 2 voxels thick, placed off every coarse lattice.
+
+    Boxes are given in cell indices [low, high) so that cell centres lie half a voxel inside or
+    outside their faces. Returns the field and its exact occupancy grid.
+    """
+    boxes = [
+        ((40, 60, 40), (216, 100, 216)),  # seat
+        ((60, 100, 153), (196, 230, 155)),  # backrest plate, z cells 153 and 154
+        ((165, 10, 165), (167, 60, 167)),  # leg, x and z cells 165 and 166
+    ]
+    # Coarse lattices with stride s sample cells s - 1, 2s - 1, ...: none of 153, 154, 165, 166 for
+    # s = 8, 16 or 32, so only the neighbour rule can find the plate and the leg.
+    field = soft(union(*[box_sdf(np.divide(low, resolution) - 0.5, np.divide(high, resolution) - 0.5)
+                         for low, high in boxes]))
+    occupied = np.zeros((resolution,) * 3, dtype=bool)
+    for low, high in boxes:
+        occupied[low[0] : high[0], low[1] : high[1], low[2] : high[2]] = True
+    return field, occupied
+
+
+@pytest.mark.parametrize("coarse_resolution", [16, 8])  # coarse samples 16 and 32 voxels apart
+def test_thin_parts_are_found_at_256(coarse_resolution):
+    field, occupied = chair_with_thin_parts(256)
+    values, stats = coarse_to_fine_grid(field, 256, coarse_resolution=coarse_resolution)
+    np.testing.assert_array_equal(values > 0.5, occupied)
+    assert stats.reduction > 40  # about 60
+
+
+def test_gap_level_follows_dashes_of_a_thin_part():
+    """A rod whose field dips to 0.4 in a gap: the dash beyond the gap is only found via gap_level."""
+    body = soft(sphere_sdf((-0.25, 0.0, 0.0), 0.15))
+    rod = soft(box_sdf((-0.12, 0.02, 0.02), (0.4, 0.05, 0.05)))  # y, z cells 33 and 34 at 64^3
+
+    def field(points):
+        in_gap = (points[:, 0] > 0.1) & (points[:, 0] < 0.15)
+        return np.maximum(body(points), rod(points) * np.where(in_gap, 0.4, 1.0)).astype(np.float32)
+
+    dense = dense_grid(field, 64) > 0.5
+    followed, _ = coarse_to_fine_grid(field, 64, coarse_resolution=8, gap_level=0.25)
+    surface_only, _ = coarse_to_fine_grid(field, 64, coarse_resolution=8)
+    np.testing.assert_array_equal(followed > 0.5, dense)
+    beyond_gap = cell_centres(64) > 0.15
+    assert dense[beyond_gap].any() and not (surface_only > 0.5)[beyond_gap].any()
+
+
+def test_real_shapenet_airplane_equals_dense():
+    """A real shape: the ShapeNet airplane's solid voxels, trilinearly interpolated."""
+    voxels, translate, scale = read_binvox(AIRPLANE_BINVOX)
+    size = len(voxels)
+
+    def field(points):
+        index = (points - translate) / scale * size - 0.5
+        return map_coordinates(voxels.astype(np.float32), index.T, order=1).astype(np.float32)
+
+    dense = dense_grid(field, 128)
+    values, stats = coarse_to_fine_grid(field, 128)
+    np.testing.assert_array_equal(values > 0.5, dense > 0.5)
+    assert stats.reduction > 25  # about 37
+
+
+def test_sphere_mesh_is_closed_outward_and_on_the_surface():
+    centre, radius, resolution = np.array([0.03, -0.02, 0.01]), 0.3, 64
+    mesh, stats = extract_mesh(SHAPES["sphere"], resolution)
+    assert mesh.is_watertight
+    assert mesh.volume == pytest.approx(4 / 3 * np.pi * radius**3, rel=0.01)
+    distance = np.linalg.norm(mesh.vertices - centre, axis=1) - radius
+    assert np.abs(distance).max() < 0.5 / resolution
+    outward = np.einsum("ij,ij->i", mesh.face_normals, mesh.triangles_center - centre)
+    assert (outward > 0).all()
+    assert stats.evaluations < resolution**3
+
+
+@pytest.mark.parametrize("resolution", [64, 100])
+def test_vertices_map_exactly_to_object_space(resolution):
+    # Occupancy falling linearly across x = 0.1, so marching cubes' interpolation is exact.
+    grid = dense_grid(lambda p: np.clip(0.5 + 8 * (0.1 - p[:, 0]), 0, 1), resolution)
+    mesh = grid_to_mesh(grid)
+    v = mesh.vertices
+    plane = (v[:, 0] > -0.45) & (np.abs(v[:, 1:]) < 0.45).all(axis=1)
+    assert plane.sum() > 100
+    np.testing.assert_allclose(v[plane, 0], 0.1, atol=1e-5)
+    # Elsewhere the padding closes the mesh on the faces of the cube.
+    np.testing.assert_allclose(mesh.bounds, [[-0.5, -0.5, -0.5], [0.1, 0.5, 0.5]], atol=1e-5)
+    assert mesh.volume > 0
+
+    box = np.array([[0.0, 1.0, -3.0], [2.0, 5.0, 3.0]])
+    moved = grid_to_mesh(grid, bounds=box)
+    np.testing.assert_allclose(moved.vertices, box[0] + (v + 0.5) * (box[1] - box[0]), atol=1e-12)
+
+
+def test_full_grid_is_the_closed_unit_cube():
+    mesh = grid_to_mesh(np.ones((32, 32, 32), dtype=np.float32))
+    assert mesh.is_watertight
+    np.testing.assert_allclose(mesh.bounds, [[-0.5] * 3, [0.5] * 3], atol=1e-6)
+    assert 0.99 < mesh.volume <= 1.0  # marching cubes bevels the cube's edges by half a cell
+
+
+@pytest.mark.parametrize("method", ["coarse_to_fine", "dense"])
+def test_empty_field_gives_empty_mesh_and_a_warning(method):
+    with pytest.warns(UserWarning, match="mesh is empty"):
+        mesh, stats = extract_mesh(lambda p: np.zeros(len(p), np.float32), 64, method=method)
+    assert mesh.is_empty and len(mesh.vertices) == 0 and len(mesh.faces) == 0
+    assert stats.evaluations == (32**3 if method == "coarse_to_fine" else 64**3)
+    assert grid_to_mesh(np.zeros((8, 8, 8))).is_empty
+
+
+def test_field_output_of_shape_n_by_1_is_accepted():
+    field = SHAPES["sphere"]
+    values, _ = coarse_to_fine_grid(lambda p: field(p)[:, None], 32)
+    np.testing.assert_array_equal(values, coarse_to_fine_grid(field, 32)[0])
+
+
+@pytest.mark.parametrize(
+    "field, message",
+    [
+        (lambda p: np.zeros((len(p), 2)), r"shape \(\d+, 2\)"),
+        (lambda p: np.float32(0.5), r"shape \(\)"),
+        (lambda p: np.full(len(p), np.nan), "non-finite"),
+    ],
+)
+def test_bad_field_output_is_a_clear_error(field, message):
+    for method in ("coarse_to_fine", "dense"):
+        with pytest.raises(ValueError, match=message):
+            extract_mesh(field, 16, method=method)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"resolution": 1}, "resolution must be an integer >= 2"),
+        ({"resolution": 32.5}, "resolution must be an integer >= 2"),
+        ({"level": 1.0}, "level must be strictly between 0 and 1"),
+        ({"gap_level": 0.5}, "gap_level must be None or in"),
+        ({"coarse_resolution": 0}, "coarse_resolution must be a positive integer"),
+        ({"max_batch_points": 0}, "max_batch_points must be at least 1"),
+        ({"method": "fast"}, "method must be"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        extract_mesh(SHAPES["sphere"], **{"resolution": 16, **kwargs})
+
+
+def test_bad_grids_are_clear_errors():
+    with pytest.raises(TypeError, match="field must be a callable"):
+        dense_grid(np.zeros(3), 8)
+    with pytest.raises(ValueError, match="3D grid"):
+        grid_to_mesh(np.zeros((8, 8)))
+    with pytest.raises(ValueError, match="bounds must be"):
+        grid_to_mesh(np.ones((4, 4, 4)), bounds=[[0, 0, 0], [1, -1, 1]])
