@@ -81,8 +81,9 @@ def hdf5_items(path: Path, view: int, shapes: str | None) -> list[Item]:
     return items
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes | str) -> None:
     """Never leave a half-written output: write a temp file beside it, then rename."""
+    data = data.encode() if isinstance(data, str) else data  # trimesh exports text formats as str
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

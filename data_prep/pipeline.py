@@ -70,13 +70,27 @@ def normalisation(bounds: np.ndarray) -> tuple[np.ndarray, float]:
     return centre.astype(np.float32), scale
 
 
-def solid_from_binvox(path: str | Path, resolution: int) -> tuple[np.ndarray, np.ndarray, float]:
+# ShapeNetCore v1 (and ShapeNetVox32, 3D-R2N2's voxels) is the v2 frame turned -90 degrees about y:
+# front +x instead of -z. Turning v1 inputs by +90 degrees about y puts all ShapeNet data in one frame,
+# the one our cameras are defined in (3D-R2N2's rendering_metadata.txt then frames them as its images).
+V1_TO_V2 = trimesh.transformations.rotation_matrix(np.pi / 2, [0.0, 1.0, 0.0])
+
+
+def binvox_v1_to_v2(voxels: np.ndarray, translate: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Turn a binvox grid by +90 degrees about the world y axis (x' = z, z' = -x), exactly."""
+    turned = voxels.transpose(2, 1, 0)[:, :, ::-1]
+    return turned, np.array([translate[2], translate[1], -(translate[0] + scale)])
+
+
+def solid_from_binvox(path: str | Path, resolution: int, frame: str = "v2") -> tuple[np.ndarray, np.ndarray, float]:
     """A binvox solid resampled (nearest voxel) onto the normalised `resolution`^3 grid.
 
     Returns (solid bool [R, R, R], centre [3], scale) in the same normalisation as meshes, using the
-    bounding box of the occupied voxels' centres.
+    bounding box of the occupied voxels. `frame="v1"` turns ShapeNetVox32 grids into the v2 frame.
     """
     voxels, translate, scale = read_binvox(path)
+    if frame == "v1":
+        voxels, translate = binvox_v1_to_v2(voxels, translate, scale)
     if not voxels.any():
         raise ShapeError("binvox file holds no occupied voxel")
     d = voxels.shape[0]
@@ -134,8 +148,10 @@ def prepare_shape(source: ShapeSource, config: DataPrepConfig) -> dict[str, np.n
     """Everything IM-NET stores for one shape, as a record of numpy arrays."""
     rng = shape_seed(source.name, config.seed)
     mesh = load_mesh(source.path, config.max_faces) if source.kind == "mesh" else None
+    if mesh is not None and source.frame == "v1":
+        mesh.apply_transform(V1_TO_V2)
     if mesh is None or (config.voxels_from == "binvox" and source.binvox):
-        solid, centre, scale = solid_from_binvox(source.binvox or source.path, config.resolution)
+        solid, centre, scale = solid_from_binvox(source.binvox or source.path, config.resolution, source.frame)
     else:
         centre, scale = normalisation(mesh.bounds)
     if mesh is not None:

@@ -6,6 +6,7 @@ Every input becomes a `ShapeSource`; the rest of the pipeline does not care wher
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,8 @@ class ShapeSource:
     path: the mesh or binvox file.
     views_dir: a 3D-R2N2 `rendering/` folder to take the views from (else views are rendered).
     binvox: an official solid binvox to voxelise from instead of the mesh (`--voxels-from binvox`).
+    frame: "v2" (ShapeNetCore v2 orientation: y up, front -z; also any other mesh) or "v1"
+        (ShapeNetCore v1 and ShapeNetVox32: front +x), which the pipeline turns into "v2".
     """
 
     name: str
@@ -38,6 +41,7 @@ class ShapeSource:
     path: str
     views_dir: str = ""
     binvox: str = ""
+    frame: str = "v2"
 
     @property
     def category(self) -> str:
@@ -80,7 +84,10 @@ def shapenet_sources(root: str | Path, synsets: list[str] | None = None, ids: li
             solid = model_dir / "models" / "model_normalized.solid.binvox"
             if mesh is None:
                 continue  # the pipeline reports missing meshes only for ids the user asked for
-            sources.append(ShapeSource(f"{synset}/{model_dir.name}", "mesh", str(mesh), binvox=str(solid) if solid.is_file() else ""))
+            sources.append(ShapeSource(
+                f"{synset}/{model_dir.name}", "mesh", str(mesh),
+                binvox=str(solid) if solid.is_file() else "", frame="v2" if mesh == v2 else "v1",
+            ))
     if wanted_ids is not None:
         missing = wanted_ids - {s.model_id for s in sources}
         if missing:
@@ -113,13 +120,14 @@ def binvox_sources(root: str | Path) -> list[ShapeSource]:
     for path in sorted(root.rglob("*.binvox")):
         if path.name.endswith(".surface.binvox"):
             continue  # ShapeNet v2's surface-only voxels are not solid
-        if path.name == "model.binvox":
-            name = f"{path.parent.parent.name}/{path.parent.name}"
+        frame = "v2"
+        if path.name == "model.binvox":  # ShapeNetVox32, voxelised from ShapeNetCore v1
+            name, frame = f"{path.parent.parent.name}/{path.parent.name}", "v1"
         elif path.name == "model_normalized.solid.binvox":
             name = f"{path.parents[2].name}/{path.parents[1].name}"
         else:
             name = f"{path.parent.name}/{path.stem}"
-        sources.append(ShapeSource(name, "binvox", str(path)))
+        sources.append(ShapeSource(name, "binvox", str(path), frame=frame))
     if not sources:
         raise ValueError(f"no .binvox files found under {root}")
     return sources
@@ -133,7 +141,7 @@ def attach_r2n2_views(sources: list[ShapeSource], rendering_root: str | Path) ->
     out = []
     for s in sources:
         views = rendering_root / s.category / s.model_id / "rendering"
-        out.append(ShapeSource(s.name, s.kind, s.path, str(views) if views.is_dir() else "", s.binvox))
+        out.append(dataclasses.replace(s, views_dir=str(views) if views.is_dir() else ""))
     return out
 
 

@@ -53,9 +53,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch's message is mostly advice to load unsafely; keep only the line naming the culprit.
+        lines = [l for l in str(e).splitlines() if "GLOBAL" in l or "Unsupported" in l]
         raise CheckpointError(
             f"{path} holds objects other than tensors and plain values, so it was not loaded "
-            f"(it may have been tampered with, or was not written by imnet): {str(e).splitlines()[0]}"
+            f"(it may have been tampered with, or is not an imnet checkpoint){': ' + lines[0] if lines else ''}"
         ) from None
     except Exception as e:  # truncated or not a torch file at all
         raise CheckpointError(f"{path} is not a readable imnet checkpoint: {type(e).__name__}: {e}") from None

@@ -1,0 +1,132 @@
+"""reconstruct.py end to end: every input kind, every export format, options, and user mistakes.
+
+The model is the tiny checkpoint of conftest.py, whose field is a box chair for any image.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from PIL import Image
+
+from conftest import TINY_MODEL, chair_occupancy
+from imnet.checkpoint import save_checkpoint
+from imnet.config import ModelConfig, config_to_dict
+from imnet.metrics import iou_occupancy, sample_iou_points
+from imnet.model import IMNet
+from reconstruct import EXPORT_FORMATS, main
+
+DATA = Path(__file__).parent / "data"
+R2N2_VIEW = DATA / "r2n2_sample/ShapeNetRendering/03001627/1a6f615e8b1b5ae4dbbc9440457e303e/rendering/00.png"
+PHOTO = DATA / "real_photos/chair_06_01.png"
+
+
+def run(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def test_r2n2_view_to_mesh_is_the_models_shape(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "chair.obj"
+    assert run("--checkpoint", tiny_checkpoint, R2N2_VIEW, "-o", out, "--resolution", 64, "--device", "cpu") == 0
+    assert f"1 meshes written: {out}" in capsys.readouterr().out
+    mesh = trimesh.load(out, force="mesh")
+    assert np.all(mesh.bounds[0] >= -0.5) and np.all(mesh.bounds[1] <= 0.5)
+    points = sample_iou_points(20_000, seed=1)
+    assert iou_occupancy(mesh.contains(points), chair_occupancy(points) > 0.5) > 0.85
+    assert mesh.volume > 0  # outward normals
+
+
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
+def test_every_format_reloads(tiny_checkpoint, tmp_path, fmt):
+    out = tmp_path / f"mesh.{fmt}"
+    assert run("--checkpoint", tiny_checkpoint, PHOTO, "-o", out, "--resolution", 40) == 0
+    mesh = trimesh.load(out, force="mesh")
+    assert len(mesh.faces) > 100
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_folder_input_with_extras_at_a_non_power_of_two(tiny_checkpoint, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in (DATA / "real_photos").iterdir():
+        shutil.copy(p, photos / p.name)
+    out = tmp_path / "meshes"
+    assert run("--checkpoint", tiny_checkpoint, photos, "-o", out, "--format", "ply", "--resolution", 50,
+               "--save-input", "--save-code", "--preview") == 0
+    for stem in ("chair_06_01", "table_08_02"):
+        assert trimesh.load(out / f"{stem}.ply").vertices.shape[1] == 3
+        seen = np.asarray(Image.open(out / f"{stem}_input.png"))
+        assert seen.shape == (128, 128) and seen[0, 0] == 255 and seen.min() < 128
+        assert np.load(out / f"{stem}_code.npy").shape == (TINY_MODEL.code_dim,)
+        preview = Image.open(out / f"{stem}_preview.png")
+        assert preview.size == (512, 256)
+
+
+def test_hdf5_split_input_and_original_frame(tiny_checkpoint, tmp_path):
+    from data_prep import pipeline, sources
+    from imnet.config import DataPrepConfig
+
+    found = sources.attach_r2n2_views(sources.binvox_sources(DATA / "r2n2_sample/ShapeNetVox32"), DATA / "r2n2_sample/ShapeNetRendering")
+    pipeline.prepare(found, DataPrepConfig(out_dir=str(tmp_path / "data"), train_fraction=1.0))
+    h5 = tmp_path / "data" / "03001627_train.hdf5"
+    out = tmp_path / "meshes"
+    assert run("--checkpoint", tiny_checkpoint, h5, "--view", 3, "-o", out, "--resolution", 32, "--original-frame") == 0
+    (mesh_path,) = out.glob("*.obj")
+    assert mesh_path.name == "03001627_1a6f615e8b1b5ae4dbbc9440457e303e_view03.obj"
+    from imnet.datafile import open_datafile
+
+    meta = open_datafile(h5).meta
+    mesh = trimesh.load(mesh_path, force="mesh")
+    # normalised [-0.5, 0.5] mapped back: p = p_norm * scale + centre
+    assert np.all(mesh.bounds[1] <= 0.5 * meta["scale"][0] + meta["centre"][0] + 1e-4)
+    assert run("--checkpoint", tiny_checkpoint, h5, "--view", 24, "-o", out) == 2
+
+
+def test_dense_and_coarse_to_fine_give_the_same_mesh(tiny_checkpoint, tmp_path):
+    a, b = tmp_path / "a.ply", tmp_path / "b.ply"
+    assert run("--checkpoint", tiny_checkpoint, PHOTO, "-o", a, "--resolution", 48, "--method", "dense") == 0
+    assert run("--checkpoint", tiny_checkpoint, PHOTO, "-o", b, "--resolution", 48) == 0
+    np.testing.assert_allclose(trimesh.load(a).vertices, trimesh.load(b).vertices, atol=1e-6)
+
+
+def test_user_mistakes_give_one_line_and_no_output(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out.obj"
+    assert run("--checkpoint", tiny_checkpoint, tmp_path / "missing.png", "-o", out) == 2
+    assert "input not found" in capsys.readouterr().err
+
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    empty = tmp_path / "empty.png"
+    Image.new("RGB", (64, 64), "white").save(empty)  # nothing in it
+    for bad in (text, empty):
+        assert run("--checkpoint", tiny_checkpoint, bad, "-o", out) == 1
+        err = capsys.readouterr().err
+        assert "skipped" in err and "Traceback" not in err
+    assert not out.exists()
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint")
+    assert run("--checkpoint", garbage, PHOTO, "-o", out) == 2
+    assert "not a readable imnet checkpoint" in capsys.readouterr().err
+    assert run("--checkpoint", tmp_path / "nope.pt", PHOTO, "-o", out) == 2
+    assert run("--checkpoint", tiny_checkpoint, PHOTO, "-o", out, "--resolution", 2) == 2
+    assert not out.exists()
+
+
+def test_empty_field_warns_and_writes_nothing(tmp_path, capsys):
+    config = ModelConfig(code_dim=8, decoder_widths=(16, 8), voxel_channels=(2, 2, 2, 2))
+    model = IMNet(config)
+    with torch.no_grad():
+        model.decoder.layers[-1].code.bias.fill_(-50.0)  # sigmoid(-50): nothing is inside
+    checkpoint = tmp_path / "empty.pt"
+    save_checkpoint(checkpoint, {"stage": "svr", "model_config": config_to_dict(config), "config": {}, "model": model.state_dict()})
+    out = tmp_path / "out.obj"
+    with pytest.warns(UserWarning, match="no surface"):
+        assert run("--checkpoint", checkpoint, PHOTO, "-o", out, "--resolution", 32) == 1
+    assert not out.exists()
+    assert "0 meshes written" in capsys.readouterr().out
