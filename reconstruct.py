@@ -11,9 +11,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,20 +79,6 @@ def hdf5_items(path: Path, view: int, shapes: str | None) -> list[Item]:
     return items
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Never leave a half-written output: write a temp file beside it, then rename."""
-    data = data.encode() if isinstance(data, str) else data  # trimesh exports text formats as str
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def output_path(args: argparse.Namespace, item: Item, n_items: int) -> Path:
     out = Path(args.output) if args.output else Path("reconstructions")
     if n_items == 1 and out.suffix.lower().lstrip(".") in EXPORT_FORMATS:
@@ -149,10 +133,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     import trimesh
     from PIL import Image
 
+    from imnet.atomic import write_atomic
     from imnet.checkpoint import load_model
     from imnet.images import preprocess
     from imnet.inference import reconstruct_image, resolve_device

@@ -102,6 +102,7 @@ def export_synthetic(categories: list[str], count: int, seed: int, root: Path) -
     """Write generated meshes as <root>/<synset>/synthetic_<category>_NNNN.obj (existing files are kept,
     so a rerun resumes); from there they take the plain mesh-folder path like any user's meshes."""
     from data_prep.synthetic import CATEGORIES, generate_shape
+    from imnet.atomic import write_atomic
 
     unknown = [c for c in categories if c not in CATEGORIES]
     if unknown:
@@ -114,9 +115,7 @@ def export_synthetic(categories: list[str], count: int, seed: int, root: Path) -
         for i in range(count):
             path = folder / f"synthetic_{category}_{i:04d}.obj"
             if not path.is_file():
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(generate_shape(category, (seed, i)).export(file_type="obj"))
-                tmp.replace(path)
+                write_atomic(path, generate_shape(category, (seed, i)).export(file_type="obj"))
     return root
 
 

@@ -34,8 +34,6 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -46,6 +44,7 @@ from PIL import Image
 
 from data_prep.sources import SYNSETS
 from eval.published import CATEGORY_MEAN, published_results
+from imnet.atomic import write_atomic
 from imnet.metrics import IMNET_CD_SCALE, ONET_CD_SCALE
 
 RETRIEVAL_PREFIX = "retrieval_"
@@ -194,21 +193,6 @@ def _format(value: float | None, scale: float = 1) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Tables
-
-
-def write_atomic(path: Path, data: bytes | str) -> Path:
-    """Write a file so that it is either complete or absent: temporary file, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would stick to the output
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _plain(value):

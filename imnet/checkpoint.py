@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from imnet.atomic import atomic_path
 from imnet.config import ModelConfig, config_from_dict, config_to_dict
 from imnet.model import IMNet
 
@@ -30,19 +30,10 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
     """Write `checkpoint` to `path` atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": VERSION, **checkpoint}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, "version": VERSION, **checkpoint}, f)
+        f.flush()
+        os.fsync(f.fileno())  # a checkpoint must survive a crash right after it is "written"
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -44,14 +44,13 @@ dicts with the keys ``voxels`` [64, 64, 64] (or [..., 1]), ``points_L`` [P, 3], 
 from __future__ import annotations
 
 import os
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
 
+from imnet.atomic import atomic_path
 from imnet.sampling import GRID, POINT_COUNTS, indices_to_coords
 
 FORMAT = "imnet"
@@ -151,7 +150,7 @@ def write_shape_record(path: str | os.PathLike, record: Mapping[str, object]) ->
     """
     path = Path(path)
     arrays = _check_record(record, where=str(path))
-    with _atomic(path) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         # Strings go in as 0-d unicode arrays so the file loads without pickle.
         np.savez_compressed(fh, **{key: np.asarray(value) for key, value in arrays.items()})
     return path
@@ -181,7 +180,7 @@ def _write(
     found_names = []
     meta = {key: np.full((n, *shape), np.nan, np.float32) for key, shape in _META_SHAPES.items()}
     sources = []
-    with _atomic(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         count = 0
         for i, record in enumerate(records):
             if i == n:
@@ -229,7 +228,7 @@ def _write(
         f.attrs["point_grid"] = GRID
 
     # After the data file: should this fail, the data still carry their names in meta/name.
-    with _atomic(path.with_suffix(".txt")) as names_tmp:
+    with atomic_path(path.with_suffix(".txt")) as names_tmp:
         names_tmp.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
     return path
 
@@ -278,19 +277,6 @@ def _unstack(arrays: Mapping[str, object], n: int) -> Iterator[dict[str, object]
             raise ValueError(f"'{key}' has {len(value)} rows but {n} names were given")
     for i in range(n):
         yield {key: value[i] for key, value in arrays.items()}
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place on success, delete it on error."""
-    # A name of our own rather than mkstemp: mkstemp's 0600 mode would stick to the output.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,39 @@
+"""Atomic file writes: every output of this project is either complete or absent, never half-written.
+
+Each file is written under a temporary name in its own folder and renamed into place (`os.replace`
+is atomic on one file system), so an interrupted run leaves at most a hidden `.*.tmp` file.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it into place on success, delete it on error.
+
+        with atomic_path("out.h5") as tmp:
+            h5py.File(tmp, "w") ...
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A name of our own rather than mkstemp: mkstemp's 0600 mode would stick to the output.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write `data` (text as UTF-8) to `path` atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)
