@@ -53,6 +53,7 @@ class SVRConfig:
     data: str = ""
     val_data: str = ""
     ae_checkpoint: str = ""
+    codes: str = ""  # .npz of the AE's codes of the data (and val_data) shapes, from `train.py codes`
     out_dir: str = "runs/svr"
     epochs: int = 100
     batch_shapes: int = 32

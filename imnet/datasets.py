@@ -1,0 +1,192 @@
+"""torch Datasets over IM-NET data files (`imnet.datafile`), read into memory once.
+
+    AEDataset    one sampling level of IM-AE training: voxels, points, occupancy values
+    SVRDataset   IM-SVR training: one rendered view per shape and the shape's AE code
+
+Both keep the file's arrays in memory as stored (uint8; occupancy values as float32) and convert
+one item at a time, so a dataset costs about the size of its data uncompressed (voxels 256 KB and
+24 views 450 KB per shape), and workers forked by a DataLoader share it. Randomness (point subsets, the view, augmentation) is drawn
+from torch's global generator, so a run is reproducible from its seed and from the RNG states saved
+in checkpoints, with or without DataLoader workers or a DistributedSampler.
+
+Codes files (written by `imnet.training.extract_codes`) are `.npz` files with
+    train_codes float32 [N, code_dim], train_names str [N]   codes of the training data file
+    val_codes   float32 [M, code_dim], val_names   str [M]   codes of the validation file, if given
+    checkpoint  str                                          the AE checkpoint they came from
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from imnet.datafile import ShapeData, open_datafile
+from imnet.sampling import indices_to_coords
+
+DataSource = str | os.PathLike | ShapeData
+
+VIEW_CROP = slice(4, 132)  # the 137x137 views are centre-cropped to the 128x128 network input
+
+
+def load_shapes(data: DataSource, keys: list[str]) -> ShapeData:
+    """`data` as a ShapeData holding `keys` in memory (an open ShapeData is loaded, not copied)."""
+    if isinstance(data, ShapeData):
+        return data.load_into_memory(keys)
+    shapes = open_datafile(data)
+    try:
+        shapes.load_into_memory(keys)
+    finally:
+        # Everything needed is in memory now; a closed file cannot trouble forked workers.
+        shapes.close()
+    return shapes
+
+
+class AEDataset(Dataset):
+    """IM-AE training items at one sampling level (16, 32 or 64).
+
+    Item i is a dict:
+        voxels  float32 [1, 64, 64, 64]   the encoder input (1 inside, 0 outside)
+        points  float32 [P, 3]            sample points in object space [-0.5, 0.5]^3
+        values  float32 [P]               their occupancy
+        index   int                       row in the data file
+
+    P is all points of the level, or a fresh random subset of `points_per_shape` of them every
+    time the item is read.
+    """
+
+    def __init__(self, data: DataSource, level: int, points_per_shape: int = 0):
+        keys = ["voxels", f"points_{level}", f"values_{level}"]
+        shapes = load_shapes(data, keys)
+        self.level = level
+        self.voxels = torch.from_numpy(shapes.voxels)
+        # Kept as the file's uint8 grid indices (4x smaller than float coordinates).
+        self.point_indices = shapes.point_indices(level)
+        self.point_grid = shapes.point_grid(level)
+        self.values = torch.from_numpy(shapes.values(level))
+        available = self.values.shape[1]
+        if not 0 <= points_per_shape <= available:
+            raise ValueError(
+                f"points_per_shape={points_per_shape}, but level {level} of {shapes.path} has "
+                f"{available} points per shape; use 0 (all) or at most {available}"
+            )
+        self.points_per_shape = points_per_shape
+
+    def __len__(self) -> int:
+        return len(self.voxels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        points = torch.from_numpy(indices_to_coords(self.point_indices[index], grid=self.point_grid))
+        values = self.values[index]
+        if self.points_per_shape:
+            subset = torch.randperm(len(values))[: self.points_per_shape]
+            points, values = points[subset], values[subset]
+        return {
+            "voxels": self.voxels[index][None].float(),
+            "points": points,
+            "values": values,
+            "index": index,
+        }
+
+
+def read_codes(path: str | os.PathLike, split: str, data: DataSource, required: bool = True) -> np.ndarray | None:
+    """The `split` ("train" or "val") codes of a codes file, checked against `data`'s shapes.
+
+    Returns float32 [N, code_dim], row i the code of shape i of `data`; None when the file has no
+    such codes and they are not `required`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"codes file not found: {path}; write it with `python train.py codes`")
+    with np.load(path, allow_pickle=False) as npz:
+        if f"{split}_codes" not in npz:
+            if not required:
+                return None
+            raise ValueError(
+                f"{path} has no {split} codes (it has {sorted(npz.files)}); run `python train.py codes` "
+                f"with {'--val-data' if split == 'val' else '--data'} set"
+            )
+        codes = npz[f"{split}_codes"].astype(np.float32)
+        names = [str(name) for name in npz[f"{split}_names"]]
+    shapes = data if isinstance(data, ShapeData) else open_datafile(data)
+    try:
+        n, data_names, where = len(shapes), shapes.names, shapes.path
+    finally:
+        if not isinstance(data, ShapeData):
+            shapes.close()
+    if len(codes) != n or (data_names is not None and any(names) and names != list(data_names)):
+        raise ValueError(
+            f"the {split} codes in {path} ({len(codes)} shapes) were extracted from another data file "
+            f"than {where} ({n} shapes); run `python train.py codes` on this file"
+        )
+    return codes
+
+
+class SVRDataset(Dataset):
+    """IM-SVR items: one of a shape's 24 views and the shape's AE code.
+
+    Item i is a dict:
+        image  float32 [1, 128, 128]   view cropped to [4:132, 4:132], pixel / 255 (object dark on white)
+        code   float32 [code_dim]      regression target (empty when no codes were given)
+        index  int                     row in the data file
+        view   int                     which of the 24 views
+
+    Args:
+        data: data file with `pixels`.
+        codes: float32 [N, code_dim] (see `read_codes`), or None to serve images only.
+        view: a fixed view index (validation), or None for a random view each time an item is read.
+        augment: jitter the view a little (shift, scale, contrast), keeping the background white.
+    """
+
+    def __init__(self, data: DataSource, codes: np.ndarray | None = None, view: int | None = None, augment: bool = False):
+        shapes = load_shapes(data, ["pixels"])
+        pixels = shapes.pixels
+        if pixels is None:
+            raise ValueError(f"{shapes.path} holds no rendered views (pixels); IM-SVR needs a data file with views")
+        self.pixels = torch.from_numpy(pixels)
+        n_views = self.pixels.shape[1]
+        if view is not None and not 0 <= view < n_views:
+            raise ValueError(f"view must be in 0..{n_views - 1}, got {view}")
+        if codes is not None and len(codes) != len(self.pixels):
+            raise ValueError(f"got {len(codes)} codes for {len(self.pixels)} shapes")
+        self.codes = None if codes is None else torch.from_numpy(np.asarray(codes, dtype=np.float32))
+        self.view = view
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        view = self.view if self.view is not None else int(torch.randint(self.pixels.shape[1], ()))
+        image = self.pixels[index, view, VIEW_CROP, VIEW_CROP][None].float() / 255.0
+        if self.augment:
+            image = jitter_view(image)
+        code = self.codes[index] if self.codes is not None else torch.zeros(0)
+        return {"image": image, "code": code, "index": index, "view": view}
+
+
+def jitter_view(
+    image: torch.Tensor,
+    max_shift: float = 0.05,
+    max_scale: float = 0.05,
+    max_contrast: float = 0.2,
+) -> torch.Tensor:
+    """Random small shift, scale and contrast change of a view, keeping the background white.
+
+    image: float32 [1, H, W] in [0, 1], object dark on white. Shift is a fraction of the image
+    size, scale and contrast are relative. Work is done on the darkness (1 - image), which is 0 on
+    the background, so zero padding and scaling both leave the background white.
+    """
+    shift = (torch.rand(2) * 2 - 1) * max_shift * 2  # affine_grid works in [-1, 1] coordinates
+    scale = 1 + (torch.rand(()) * 2 - 1) * max_scale
+    contrast = 1 + (torch.rand(()) * 2 - 1) * max_contrast
+    theta = torch.zeros(1, 2, 3)
+    theta[0, 0, 0] = theta[0, 1, 1] = 1 / scale
+    theta[0, :, 2] = shift
+    grid = F.affine_grid(theta, [1, *image.shape], align_corners=False)
+    darkness = F.grid_sample((1 - image)[None], grid, padding_mode="zeros", align_corners=False)[0]
+    return (1 - darkness * contrast).clamp(0, 1)

@@ -1,0 +1,410 @@
+"""Training: datasets, the IM-AE / codes / IM-SVR loops, resume, DDP, failure handling, the CLI.
+
+The data are 8 generated sofas (data_prep.synthetic -> voxelize -> IM-NET sampling), with stand-in
+views (silhouettes of the voxels) for IM-SVR. Models use reduced widths to stay fast on a CPU.
+"""
+
+import csv
+import dataclasses
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data.distributed import DistributedSampler
+
+import imnet.training
+from data_prep.synthetic import generate_shape
+from imnet.checkpoint import CheckpointError, load_checkpoint, load_model
+from imnet.config import AEConfig, ModelConfig, SVRConfig, config_to_dict
+from imnet.datafile import open_datafile, write_datafile
+from imnet.datasets import AEDataset, SVRDataset, jitter_view, read_codes
+from imnet.sampling import downsample_voxels, sample_points
+from imnet.training import (
+    SetupError,
+    TrainingDiverged,
+    extract_codes,
+    preview_image,
+    train_ae,
+    train_svr,
+    voxels_at_resolution,
+)
+from imnet.voxelize import voxelize_solid
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ModelConfig(code_dim=16, decoder_widths=(32, 32, 16), voxel_channels=(2, 4, 8, 8))
+N_SHAPES = 8
+
+
+def stand_in_views(voxels: np.ndarray) -> np.ndarray:
+    """24 grayscale 137x137 'views' of a shape: its silhouette along x, y, z, object dark on white."""
+    views = []
+    for view in range(24):
+        silhouette = voxels.any(axis=view % 3).repeat(2, 0).repeat(2, 1)  # [128, 128]
+        image = np.full((137, 137), 255, np.uint8)
+        image[4:132, 4:132] = np.where(silhouette, 60 + 4 * view, 255)
+        views.append(image)
+    return np.stack(views)
+
+
+@pytest.fixture(scope="module")
+def shapes_file(tmp_path_factory) -> Path:
+    """8 generated sofas in our HDF5 layout, with stand-in views."""
+    records, names = [], []
+    for i in range(N_SHAPES):
+        # Voxelised at 128^3 and repeated to the 256^3 grid IM-NET samples from: 8x faster than 256^3.
+        solid128 = voxelize_solid(generate_shape("sofa", seed=i), resolution=128)
+        solid = solid128.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+        record = sample_points(solid, np.random.default_rng(i))
+        record["voxels"] = downsample_voxels(solid, 64)
+        record["pixels"] = stand_in_views(record["voxels"])
+        records.append(record)
+        names.append(f"04256520/synthetic_sofa_{i:04d}")
+    return write_datafile(tmp_path_factory.mktemp("data") / "sofa.hdf5", records, names)
+
+
+def ae_config(shapes_file, out_dir, **changes) -> AEConfig:
+    config = AEConfig(
+        data=str(shapes_file), val_data=str(shapes_file), out_dir=str(out_dir), model=TINY,
+        levels=(16, 32), epochs=(2, 2), batch_shapes=4, points_per_shape=256, lr=1e-3,
+        device="cpu", val_resolution=16, seed=3,
+    )
+    return dataclasses.replace(config, **changes)
+
+
+def read_metrics(out_dir) -> list[dict]:
+    with open(Path(out_dir) / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def state_dict(path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+@pytest.fixture(scope="module")
+def ae_run(shapes_file, tmp_path_factory) -> Path:
+    """A finished tiny IM-AE run (2 levels x 2 epochs)."""
+    out_dir = tmp_path_factory.mktemp("ae")
+    train_ae(ae_config(shapes_file, out_dir))
+    return out_dir
+
+
+def load_train_cli():
+    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+
+
+def test_ae_dataset_serves_one_level_in_object_space(shapes_file):
+    data = open_datafile(shapes_file)
+    dataset = AEDataset(shapes_file, level=32)
+    item = dataset[5]
+    assert item["voxels"].shape == (1, 64, 64, 64) and item["voxels"].dtype == torch.float32
+    np.testing.assert_array_equal(item["voxels"][0].numpy(), data.voxels[5])
+    np.testing.assert_array_equal(item["points"].numpy(), data.points(32, 5))
+    np.testing.assert_array_equal(item["values"].numpy(), data.values(32, 5))
+    assert item["points"].shape == (4096, 3) and item["values"].shape == (4096,)
+    assert item["points"].abs().max() < 0.5
+
+    subset = AEDataset(shapes_file, level=64, points_per_shape=100)[2]
+    assert subset["points"].shape == (100, 3) and subset["values"].shape == (100,)
+    all_points = {tuple(p) for p in data.points(64, 2).tolist()}
+    assert all(tuple(p) in all_points for p in subset["points"].tolist())
+    with pytest.raises(ValueError, match="points_per_shape=5000"):
+        AEDataset(shapes_file, level=32, points_per_shape=5000)
+
+
+def test_ae_dataset_reads_the_imnet_2018_layout():
+    dataset = AEDataset(Path(__file__).parent / "data" / "imnet_original_sample" / "samplechair_vox.hdf5", level=64)
+    item = dataset[0]
+    assert len(dataset) == 3 and item["points"].shape == (32768, 3)
+    # 2018 points index the 64^3 grid itself: cell centres.
+    np.testing.assert_allclose((item["points"].numpy() + 0.5) * 64 % 1, 0.5, atol=1e-5)
+    # The points' occupancy agrees with the voxels at those cells.
+    cells = ((item["points"].numpy() + 0.5) * 64).astype(int)
+    occupied = item["voxels"][0].numpy()[cells[:, 0], cells[:, 1], cells[:, 2]]
+    assert np.mean(occupied == item["values"].numpy()) > 0.99
+
+
+def test_svr_dataset_serves_cropped_views_and_codes(shapes_file):
+    data = open_datafile(shapes_file)
+    codes = np.arange(N_SHAPES * 4, dtype=np.float32).reshape(N_SHAPES, 4)
+    item = SVRDataset(shapes_file, codes, view=7)[3]
+    assert item["image"].shape == (1, 128, 128) and item["view"] == 7
+    np.testing.assert_allclose(item["image"][0].numpy() * 255, data.pixels[3, 7, 4:132, 4:132], atol=1e-4)
+    np.testing.assert_array_equal(item["code"].numpy(), codes[3])
+
+    torch.manual_seed(0)
+    random_views = {SVRDataset(shapes_file, codes)[0]["view"] for _ in range(40)}
+    assert len(random_views) > 10  # a random view each time the item is read
+    with pytest.raises(ValueError, match="view must be in 0..23"):
+        SVRDataset(shapes_file, codes, view=24)
+
+
+def test_view_jitter_keeps_the_background_white_and_the_object(shapes_file):
+    torch.manual_seed(0)
+    image = SVRDataset(shapes_file, view=0)[1]["image"]
+    for _ in range(5):
+        jittered = jitter_view(image)
+        assert jittered.shape == image.shape
+        assert jittered[0, :, :2].min() == 1 and jittered[0, :2, :].min() == 1  # borders stay white
+        dark = (jittered < 0.5).float().mean() / (image < 0.5).float().mean()
+        assert 0.75 < dark < 1.3  # the object is still there, about as big
+        assert not torch.equal(jittered, image)
+
+
+def test_datasets_split_across_processes_with_a_distributed_sampler(shapes_file):
+    dataset = AEDataset(shapes_file, level=16)
+    shares = [list(DistributedSampler(dataset, num_replicas=2, rank=r, shuffle=True, seed=0)) for r in (0, 1)]
+    assert sorted(shares[0] + shares[1]) == list(range(N_SHAPES))
+
+
+def test_validation_ground_truth_and_previews():
+    voxels = torch.zeros(1, 64, 64, 64)
+    voxels[0, :32] = 1  # x < 0 half
+    voxels[0, 40, 10, 10] = 1  # a single voxel: less than half of any coarse cell
+    truth = voxels_at_resolution(voxels, 16)
+    assert truth.shape == (1, 16, 16, 16)
+    assert truth[0, :8].all() and not truth[0, 8:].any()
+    assert torch.equal(voxels_at_resolution(voxels, 64), voxels.bool())
+
+    image = preview_image([(truth[0].numpy(), np.zeros((16, 16, 16), bool))])
+    assert image.shape == (1, 16, 32)
+    assert image[0, :, :8].min() > 0 and image[0, :, 8:].max() == 0  # truth: left half seen; prediction empty
+
+
+# ---------------------------------------------------------------------------------------------
+# IM-AE
+
+
+@pytest.fixture
+def one_thread():
+    """Small CPU ops run fastest, and reproducibly, on one thread (and the test machine is shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_ae_overfits_8_generated_shapes(shapes_file, tmp_path, one_thread):
+    """The whole IM-AE loop learns: IoU >= 0.9 at 32^3 on the shapes it was trained on."""
+    config = AEConfig(
+        data=str(shapes_file), val_data=str(shapes_file), out_dir=str(tmp_path),
+        model=ModelConfig(code_dim=32, decoder_widths=(128, 64, 32), voxel_channels=(2, 4, 8, 16)),
+        levels=(16, 32), epochs=(40, 440), batch_shapes=8, points_per_shape=512,
+        lr=3e-3, beta1=0.9,  # faster and steadier than the paper's 5e-5 / 0.5 for this tiny problem
+        device="cpu", val_every=40, val_resolution=32, checkpoint_every=1000,
+    )
+    summary = train_ae(config)
+    assert summary.best_iou >= 0.9, summary
+    rows = read_metrics(tmp_path)
+    assert len(rows) == 480 and max(float(r["val_iou"] or 0) for r in rows) == pytest.approx(summary.best_iou, abs=1e-6)
+    assert float(rows[-1]["train_loss"]) < 0.5 * float(rows[40]["train_loss"])  # level 32 was learnt
+
+    # Recomputed independently from best.pt: the field at the 32^3 cell centres vs the voxels.
+    model, _ = load_model(tmp_path / "best.pt")
+    voxels = torch.from_numpy(open_datafile(shapes_file).voxels[:]).float()
+    centres = (torch.stack(torch.meshgrid(*[torch.arange(32)] * 3, indexing="ij"), -1).reshape(-1, 3) + 0.5) / 32 - 0.5
+    with torch.no_grad():
+        codes = model.voxel_encoder.eval()(voxels[:, None])
+        predicted = model.decoder(codes, centres.expand(N_SHAPES, -1, -1)).reshape(N_SHAPES, 32, 32, 32) >= 0.5
+    truth = voxels.reshape(N_SHAPES, 32, 2, 32, 2, 32, 2).mean((2, 4, 6)) >= 0.5
+    iou = ((predicted & truth).sum((1, 2, 3)) / (predicted | truth).sum((1, 2, 3))).mean()
+    assert iou.item() == pytest.approx(summary.best_iou, abs=1e-4)
+
+
+def test_checkpoints_hold_everything_and_load_safely(ae_run):
+    checkpoint = torch.load(ae_run / "last.pt", weights_only=True)  # nothing but tensors and plain values
+    assert checkpoint["stage"] == "ae"
+    assert checkpoint["progress"] == {"epoch": 4, "step": 8, "level_index": 1, "level_epoch": 2,
+                                      "best_iou": pytest.approx(checkpoint["progress"]["best_iou"])}
+    assert checkpoint["config"]["model"] == config_to_dict(TINY)
+    assert set(checkpoint["rng"][0]) >= {"python", "numpy", "torch"}
+    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == 1e-3
+    model, _ = load_model(ae_run / "best.pt", expected=TINY)
+    assert load_checkpoint(ae_run / "best.pt")["progress"]["best_iou"] == checkpoint["progress"]["best_iou"]
+
+    rows = read_metrics(ae_run)
+    assert [(r["epoch"], r["level"], r["step"]) for r in rows] == [("1", "16", "2"), ("2", "16", "4"), ("3", "32", "6"), ("4", "32", "8")]
+    assert all(0 <= float(r["val_iou"]) <= 1 and float(r["train_loss"]) > 0 for r in rows)
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(ae_run / "tensorboard"))
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(shapes_file, ae_run, tmp_path):
+    config = ae_config(shapes_file, tmp_path)
+    first = train_ae(config, stop_after_epochs=1)  # in the middle of level 16
+    assert first.stopped_early
+    assert load_checkpoint(tmp_path / "last.pt")["progress"]["level_epoch"] == 1
+    train_ae(config, resume=True, stop_after_epochs=1)  # at the end of level 16
+    progress = load_checkpoint(tmp_path / "last.pt")["progress"]
+    assert (progress["epoch"], progress["level_index"], progress["level_epoch"]) == (2, 0, 2)
+    final = train_ae(config, resume=True)  # on to level 32
+    assert not final.stopped_early and final.epochs == 4
+
+    interrupted, uninterrupted = read_metrics(tmp_path), read_metrics(ae_run)
+    for key in ("epoch", "level", "step", "train_loss", "val_loss", "val_iou"):
+        assert [r[key] for r in interrupted] == [r[key] for r in uninterrupted], key
+    resumed_weights, straight_weights = state_dict(tmp_path / "last.pt"), state_dict(ae_run / "last.pt")
+    for name, tensor in straight_weights.items():
+        assert torch.equal(resumed_weights[name], tensor), name
+
+
+def test_a_finished_run_is_not_overwritten_and_resume_needs_a_run(shapes_file, ae_run, tmp_path):
+    with pytest.raises(SetupError, match="already holds a run"):
+        train_ae(ae_config(shapes_file, ae_run))
+    with pytest.raises(SetupError, match="nothing to resume"):
+        train_ae(ae_config(shapes_file, tmp_path), resume=True)
+
+
+def test_resume_with_another_architecture_names_the_difference(shapes_file, ae_run, tmp_path):
+    import shutil
+
+    shutil.copy(ae_run / "last.pt", tmp_path / "last.pt")
+    other = dataclasses.replace(TINY, decoder_widths=(64, 32, 16))
+    with pytest.raises(CheckpointError, match="decoder_widths: checkpoint"):
+        train_ae(ae_config(shapes_file, tmp_path, model=other), resume=True)
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(shapes_file, tmp_path, monkeypatch):
+    calls = []
+
+    def loss_that_explodes(predicted, target):
+        calls.append(1)
+        loss = torch.nn.functional.mse_loss(predicted, target)
+        return loss * float("nan") if len(calls) > 2 else loss  # epoch 1 has 2 steps
+
+    monkeypatch.setattr(imnet.training, "occupancy_loss", loss_that_explodes)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 3.*last good checkpoint"):
+        train_ae(ae_config(shapes_file, tmp_path, levels=(16,), epochs=(3,)))
+    checkpoint = load_checkpoint(tmp_path / "last.pt")
+    assert checkpoint["progress"]["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in checkpoint["model"].values() if t.is_floating_point())
+    assert len(read_metrics(tmp_path)) == 1
+
+
+def test_ddp_with_two_cpu_processes_matches_one_process_with_twice_the_batch(shapes_file, tmp_path):
+    common = ["--data", str(shapes_file), "--epochs", "16:1,32:1", "--device", "cpu", "--points-per-shape", "0",
+              "--code-dim", "16", "--decoder-widths", "32,32,16", "--voxel-channels", "2,4,8,8",
+              "--voxel-norm", "instance", "--lr", "1e-3", "--seed", "5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+         str(ROOT / "train.py"), "ae", *common, "--batch-shapes", "2", "--out-dir", str(tmp_path / "ddp")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "parameters identical in all 2 processes" in result.stdout  # every rank checked the same weights
+
+    # Instance norm and all points: 2 processes x 2 shapes see exactly what 1 process x 4 shapes sees.
+    assert load_train_cli().main(["ae", *common, "--batch-shapes", "4", "--out-dir", str(tmp_path / "single")]) == 0
+    ddp, single = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "single")
+    np.testing.assert_allclose([float(r["train_loss"]) for r in ddp], [float(r["train_loss"]) for r in single], rtol=1e-5)
+    assert [r["step"] for r in ddp] == ["2", "4"]  # 8 shapes / (2 processes x 2 shapes) per epoch
+    ddp_weights, single_weights = state_dict(tmp_path / "ddp" / "last.pt"), state_dict(tmp_path / "single" / "last.pt")
+    for name, tensor in single_weights.items():
+        torch.testing.assert_close(ddp_weights[name], tensor, rtol=0, atol=1e-5, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Codes and IM-SVR
+
+
+def test_codes_then_svr_trains_the_image_encoder_against_a_frozen_decoder(shapes_file, ae_run, tmp_path):
+    codes_path = extract_codes(ae_run / "last.pt", shapes_file, tmp_path / "codes.npz", val_data=shapes_file, device="cpu")
+    with np.load(codes_path) as npz:
+        assert npz["train_codes"].shape == (N_SHAPES, 16) and npz["val_codes"].shape == (N_SHAPES, 16)
+        assert list(npz["train_names"]) == open_datafile(shapes_file).names
+    ae_model, _ = load_model(ae_run / "last.pt")
+    with torch.no_grad():
+        expected = ae_model.voxel_encoder.eval()(torch.from_numpy(open_datafile(shapes_file).voxels[:]).float()[:, None])
+    np.testing.assert_allclose(read_codes(codes_path, "train", shapes_file), expected.numpy(), atol=1e-6)
+
+    config = SVRConfig(
+        data=str(shapes_file), val_data=str(shapes_file), ae_checkpoint=str(ae_run / "last.pt"),
+        codes=str(codes_path), out_dir=str(tmp_path / "svr"), epochs=1, batch_shapes=4, lr=1e-3,
+        device="cpu", val_resolution=16,
+    )
+    summary = train_svr(config)
+    assert summary.epochs == 1 and summary.best_iou is not None
+    rows = read_metrics(tmp_path / "svr")
+    assert [r["step"] for r in rows] == ["2"] and rows[0]["val_loss"] and rows[0]["val_iou"]
+
+    svr_model, checkpoint = load_model(tmp_path / "svr" / "last.pt", expected=TINY)
+    assert checkpoint["stage"] == "svr"
+    for name, tensor in ae_model.decoder.state_dict().items():  # frozen, and kept: the SVR checkpoint alone reconstructs
+        assert torch.equal(svr_model.decoder.state_dict()[name], tensor), name
+    assert not torch.equal(svr_model.image_encoder.net.conv1.weight, ae_model.image_encoder.net.conv1.weight)
+
+
+def test_svr_refuses_codes_of_another_data_file(shapes_file, ae_run, tmp_path):
+    codes = tmp_path / "codes.npz"
+    np.savez(codes, train_codes=np.zeros((3, 16), np.float32), train_names=np.array(["a", "b", "c"]))
+    config = SVRConfig(data=str(shapes_file), ae_checkpoint=str(ae_run / "last.pt"), codes=str(codes),
+                       out_dir=str(tmp_path / "svr"), device="cpu")
+    with pytest.raises(SetupError, match="extracted from another data file"):
+        train_svr(config)
+
+
+def test_svr_pretrained_weights_must_exist(shapes_file, ae_run, tmp_path):
+    codes = extract_codes(ae_run / "last.pt", shapes_file, tmp_path / "codes.npz", device="cpu")
+    config = SVRConfig(data=str(shapes_file), ae_checkpoint=str(ae_run / "last.pt"), codes=str(codes),
+                       pretrained_image_encoder=str(tmp_path / "resnet18.pth"), out_dir=str(tmp_path / "svr"), device="cpu")
+    with pytest.raises(SetupError, match="resnet18.pth"):
+        train_svr(config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def test_cli_codes_writes_train_and_val_codes(shapes_file, ae_run, tmp_path, capsys):
+    out = tmp_path / "codes.npz"
+    code = load_train_cli().main(["codes", "--checkpoint", str(ae_run / "best.pt"), "--data", str(shapes_file),
+                                  "--val-data", str(shapes_file), "--out", str(out), "--device", "cpu"])
+    assert code == 0 and capsys.readouterr().out.strip() == f"codes: wrote {out}"
+    with np.load(out) as npz:
+        np.testing.assert_array_equal(npz["train_codes"], npz["val_codes"])  # the same file twice
+        assert str(npz["checkpoint"]) == str(ae_run / "best.pt")
+
+
+def test_cli_missing_data_file_is_one_line_and_exit_code_2(tmp_path, capsys):
+    code = load_train_cli().main(["ae", "--data", str(tmp_path / "missing.h5"), "--out-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "missing.h5" in err and "Traceback" not in err
+
+
+def test_cli_wrong_checkpoint_is_one_line_and_exit_code_2(shapes_file, ae_run, tmp_path, capsys):
+    cli = load_train_cli()
+    code = cli.main(["svr", "--data", str(shapes_file), "--ae-checkpoint", str(shapes_file), "--codes", "x.npz",
+                     "--out-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "sofa.hdf5" in err
+
+    code = cli.main(["ae", "--resume", "--out-dir", str(ae_run), "--voxel-channels", "4,4,8,8"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "voxel_channels" in err
+
+
+def test_cli_resume_takes_the_saved_config_and_extends_training(shapes_file, ae_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(ae_run, run)
+    code = load_train_cli().main(["ae", "--resume", "--out-dir", str(run), "--epochs", "16:2,32:3"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.strip().splitlines()[-1].startswith("ae: 5 epochs")  # the one-line summary
+    rows = read_metrics(run)
+    assert [r["level"] for r in rows] == ["16", "16", "32", "32", "32"]
+    assert load_checkpoint(run / "last.pt")["config"]["points_per_shape"] == 256  # from the saved run
