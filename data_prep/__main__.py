@@ -19,8 +19,6 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=d.workers, help="worker processes (default %(default)s)")
     p.add_argument("--shard", default=d.shard, help="k/n: prepare only every n-th shape starting at k, to split "
                    "a category across machines; assemble with `merge` afterwards (default %(default)s)")
-    p.add_argument("--resolution", type=int, default=d.resolution, help="solid voxel grid the points are "
-                   "sampled from; IM-NET's point indices assume 256 (default %(default)s)")
     p.add_argument("--close-gaps", type=int, default=d.close_gaps, help="voxeliser: close holes in the surface up "
                    "to about twice this many voxels wide (default %(default)s)")
     p.add_argument("--no-render", action="store_true", help="skip the 24 views (AE-only data, much faster)")
@@ -35,12 +33,10 @@ def add_common(p: argparse.ArgumentParser) -> None:
 def config_from(args: argparse.Namespace) -> DataPrepConfig:
     if args.workers < 1:
         raise ValueError("--workers must be at least 1")
-    if args.resolution % 64:
-        raise ValueError("--resolution must be a multiple of 64 (the stored voxels are 64^3)")
     if not 0.0 <= args.train_fraction <= 1.0:
         raise ValueError("--train-fraction must be between 0 and 1")
     return DataPrepConfig(
-        out_dir=args.out, resolution=args.resolution, close_gaps=args.close_gaps, views=args.views,
+        out_dir=args.out, close_gaps=args.close_gaps, views=args.views,
         render=not args.no_render, voxels_from=getattr(args, "voxels_from", "mesh"),
         train_fraction=args.train_fraction, split_file=args.split_file, seed=args.seed,
         workers=args.workers, shard=args.shard,

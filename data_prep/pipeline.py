@@ -29,7 +29,7 @@ from data_prep.sources import ShapeSource, read_r2n2_cameras
 from imnet import datafile
 from imnet.binvox import binvox_bounds, read_binvox
 from imnet.config import DataPrepConfig
-from imnet.sampling import downsample_voxels, sample_points
+from imnet.sampling import GRID, downsample_voxels, sample_points
 from imnet.voxelize import voxelize_solid
 
 RECORDS_DIR = "shapes"  # per-shape results, one file each: <out>/shapes/<category>/<model_id>.npz
@@ -151,14 +151,14 @@ def prepare_shape(source: ShapeSource, config: DataPrepConfig) -> dict[str, np.n
     if mesh is not None and source.frame == "v1":
         mesh.apply_transform(V1_TO_V2)
     if mesh is None or (config.voxels_from == "binvox" and source.binvox):
-        solid, centre, scale = solid_from_binvox(source.binvox or source.path, config.resolution, source.frame)
+        solid, centre, scale = solid_from_binvox(source.binvox or source.path, GRID, source.frame)
     else:
         centre, scale = normalisation(mesh.bounds)
     if mesh is not None:
         mesh.apply_translation(-centre)
         mesh.apply_scale(1.0 / scale)
         if config.voxels_from != "binvox" or not source.binvox:
-            solid = voxelize_solid(mesh, config.resolution)
+            solid = voxelize_solid(mesh, GRID, close_gaps=config.close_gaps)
     if not solid.any():
         raise ShapeError("voxelisation is empty (the surface may be too thin or open to enclose anything)")
     record = {

@@ -117,7 +117,6 @@ class DataPrepConfig:
     """Turning meshes / voxels / renderings into IM-NET-layout HDF5 files."""
 
     out_dir: str = "data"
-    resolution: int = 256  # solid voxel grid the points are sampled from (IM-NET: 256)
     close_gaps: int = 2  # voxels: holes up to about twice this wide are closed by the voxeliser
     views: int = 24
     view_size: int = 137
