@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Every benchmark; each writes bench/results/<name>.json. Pass DEVICE=cuda to run the GPU ones on a GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEVICE=${DEVICE:-cpu}
+python bench/bench_voxelize.py
+python bench/bench_data_prep.py
+python bench/bench_train.py --device "$DEVICE"
+python bench/bench_extract.py ${CHECKPOINT:+--checkpoint "$CHECKPOINT"}
+ls -l bench/results/
