@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help=f"epochs (default {svr_defaults.epochs})")
     p.add_argument("--pretrained-image-encoder", metavar="PTH", help="local torchvision ResNet-18 ImageNet weights (.pth) to start from")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random shift/scale/contrast of the views")
+    p.add_argument("--train-views", type=int, help="train on views 0..K-1 only, keeping the others held out "
+                   "for testing (default: all 24)")
     p.add_argument("--val-view", type=int, help=f"the view (0-23) used for validation (default {svr_defaults.val_view})")
     return parser
 

@@ -62,6 +62,7 @@ class SVRConfig:
     pretrained_image_encoder: str = ""  # local path to ImageNet ResNet-18 weights (never downloaded)
     augment: bool = True
     val_view: int = 0  # fixed view index used for validation
+    train_views: int = 0  # train on views 0..train_views-1 only, holding the rest out (0: all 24)
     device: str = "auto"
     amp: bool = True
     seed: int = 0

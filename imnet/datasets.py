@@ -140,9 +140,18 @@ class SVRDataset(Dataset):
         codes: float32 [N, code_dim] (see `read_codes`), or None to serve images only.
         view: a fixed view index (validation), or None for a random view each time an item is read.
         augment: jitter the view a little (shift, scale, contrast), keeping the background white.
+        train_views: with view=None, draw only from views 0..train_views-1 (0: all), so the other
+            views stay held out for testing.
     """
 
-    def __init__(self, data: DataSource, codes: np.ndarray | None = None, view: int | None = None, augment: bool = False):
+    def __init__(
+        self,
+        data: DataSource,
+        codes: np.ndarray | None = None,
+        view: int | None = None,
+        augment: bool = False,
+        train_views: int = 0,
+    ):
         shapes = load_shapes(data, ["pixels"])
         pixels = shapes.pixels
         if pixels is None:
@@ -154,14 +163,17 @@ class SVRDataset(Dataset):
         if codes is not None and len(codes) != len(self.pixels):
             raise ValueError(f"got {len(codes)} codes for {len(self.pixels)} shapes")
         self.codes = None if codes is None else torch.from_numpy(np.asarray(codes, dtype=np.float32))
+        if not 0 <= train_views <= n_views:
+            raise ValueError(f"train_views must be in 0..{n_views} (0: all views), got {train_views}")
         self.view = view
         self.augment = augment
+        self.train_views = train_views or n_views
 
     def __len__(self) -> int:
         return len(self.pixels)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        view = self.view if self.view is not None else int(torch.randint(self.pixels.shape[1], ()))
+        view = self.view if self.view is not None else int(torch.randint(self.train_views, ()))
         image = self.pixels[index, view, VIEW_CROP, VIEW_CROP][None].float() / 255.0
         if self.augment:
             image = jitter_view(image)

@@ -261,7 +261,7 @@ def train_svr(config: SVRConfig, resume: bool = False, stop_after_epochs: int | 
         progress = run.restore(model, optimizer, model.config) if resume else run.start(config.seed)
         net = run.distribute(model.image_encoder)
 
-        train_set = SVRDataset(train_data, codes, view=None, augment=config.augment)
+        train_set = SVRDataset(train_data, codes, view=None, augment=config.augment, train_views=config.train_views)
         val_set = SVRDataset(val_data, val_codes, view=config.val_view) if val_data is not None else None
 
         def loss_fn(batch: dict) -> torch.Tensor:

@@ -408,3 +408,22 @@ def test_cli_resume_takes_the_saved_config_and_extends_training(shapes_file, ae_
     rows = read_metrics(run)
     assert [r["level"] for r in rows] == ["16", "16", "32", "32", "32"]
     assert load_checkpoint(run / "last.pt")["config"]["points_per_shape"] == 256  # from the saved run
+
+
+def test_svr_dataset_keeps_held_out_views_out_of_training(tmp_path):
+    from imnet.datafile import write_datafile
+    from imnet.datasets import SVRDataset
+
+    rng = np.random.default_rng(0)
+    record = {
+        "voxels": np.zeros((64, 64, 64), np.uint8),
+        "pixels": rng.integers(0, 255, (24, 137, 137), dtype=np.uint8),
+        **{f"points_{l}": np.zeros((n, 3), np.uint8) for l, n in ((16, 4096), (32, 4096), (64, 16384))},
+        **{f"values_{l}": np.zeros((n, 1), np.uint8) for l, n in ((16, 4096), (32, 4096), (64, 16384))},
+    }
+    path = write_datafile(tmp_path / "d.hdf5", [record], ["c/a"])
+    torch.manual_seed(0)
+    dataset = SVRDataset(path, train_views=20)
+    assert {dataset[0]["view"] for _ in range(300)} == set(range(20))
+    with pytest.raises(ValueError, match="train_views"):
+        SVRDataset(path, train_views=25)
