@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
 
     from imnet.atomic import write_atomic
     from imnet.checkpoint import load_model
+    from imnet.config import ReconstructConfig, format_config
     from imnet.images import preprocess
     from imnet.inference import reconstruct_image, resolve_device
 
@@ -145,8 +146,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--resolution must be at least 8, got {args.resolution}")
     if args.max_batch_points < 1:
         raise ValueError("--max-batch-points must be positive")
+    config = ReconstructConfig(args.resolution, args.level, args.method, args.max_batch_points, args.device, args.half)
+    print(format_config(config))
     items = collect_inputs(args.inputs, args.view, args.shapes)
-    device = resolve_device(args.device)
+    device = resolve_device(config.device)
     model, _ = load_model(args.checkpoint, map_location=device)
     model.to(device).eval()
 
@@ -157,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:  # unreadable, empty, no object: skip this one, report at the end
             failed.append(f"{item.name}: {e}")
             continue
-        result = reconstruct_image(model, pixels, args.resolution, args.level, args.method, args.max_batch_points, args.half)
+        result = reconstruct_image(model, pixels, config.resolution, config.level, config.method, config.max_batch_points, config.half)
         out = output_path(args, item, len(items))
         out.parent.mkdir(parents=True, exist_ok=True)
         if args.save_input:

@@ -7,6 +7,7 @@ import json
 import sys
 
 from eval.run import GT_MODES, EvalConfig
+from imnet.config import format_config
 
 RUN_EPILOG = """Output (in --out): per_shape.csv and per_shape.json (one row per shape, raw metrics), summary.md
 and summary.json (means per category and overall, with the conventions), report.html with images/
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> str:
         limit=args.limit, iou_points=args.points, surface_points=args.surface_points, gt=args.gt,
         device=args.device, html=not args.no_html, published=args.published, seed=args.seed,
     )
+    print(format_config(config))
     return evaluate(config).line()
 
 

@@ -81,6 +81,31 @@ class ReconstructConfig:
     method: str = "coarse_to_fine"  # or "dense" (the reference)
     max_batch_points: int = 65536
     device: str = "auto"
+    half: bool = False  # half-precision decoder (float16 on CUDA, bfloat16 elsewhere)
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation run (the options of ``python -m eval run``)."""
+
+    data: str = ""  # test HDF5 file (data_prep output or IM-NET's published files)
+    out_dir: str = "eval_out"  # where the tables and the report go (created)
+    checkpoint: str = ""  # SVR checkpoint to reconstruct with
+    meshes: str = ""  # or: folder of meshes reconstructed earlier, <name with / as _>_viewVV.obj
+    train_data: str = ""  # training HDF5 file: enables the retrieval baseline
+    retrieval: str = "pixels"  # retrieval features: "pixels", "encoder" or "none"
+    view: int = 0  # stored view used as the input image
+    resolution: int = 64  # marching-cubes grid of the reconstructions
+    max_batch_points: int = 65536  # decoder points per call
+    limit: int = 0  # evaluate only the first N shapes (0: all)
+    iou_points: int = 100_000  # points of the volumetric IoU (ONet: 100k)
+    surface_points: int = 100_000  # points per surface of Chamfer-L1/L2, NC, F-score (ONet: 100k)
+    gt: str = "auto"  # ground-truth surface: "auto" (source mesh if found), "mesh" (required), "voxels"
+    device: str = "auto"
+    html: bool = True  # write report.html with renders
+    published: bool = False  # put the published numbers in summary.md
+    seed: int = 0  # seed of the IoU points and the surface samples
+    progress: bool = True
 
 
 C = TypeVar("C")

@@ -173,7 +173,9 @@ def test_run_end_to_end_with_report_and_retrieval(split, tiny_checkpoint, tmp_pa
     argv = ["run", "--checkpoint", str(tiny_checkpoint), "--data", str(split), "--train-data", str(split),
             "--out", str(out), "--resolution", "32", "--published", *FAST]
     assert main(argv) == 0
-    line = capsys.readouterr().out.strip()
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("EvalConfig {")  # the config first, the one-line summary last
+    line = printed.splitlines()[-1]
     assert line.startswith("evaluated 4 shapes: IoU") and "retrieval baseline: IoU 1.000" in line
     assert str(out / "summary.md") in line and str(out / "report.html") in line
     assert not [p for p in out.rglob(".*")]  # no temporary files left behind
