@@ -137,6 +137,10 @@ def test_bad_meshes_are_logged_not_fatal(tmp_path):
     assert "chair/nan" in failures and "chair/garbage" in failures
     data = open_datafile(tmp_path / "out" / "chair_train.hdf5")
     assert data.names == ["chair/good"]
+    # A gigantic mesh is refused with its reason instead of stalling a worker.
+    (good,) = [s for s in sources.mesh_folder_sources(tmp_path / "meshes") if s.name == "chair/good"]
+    with pytest.raises(pipeline.ShapeError, match="more than max_faces=100"):
+        pipeline.prepare_shape(good, DataPrepConfig(render=False, max_faces=100))
 
 
 def test_r2n2_binvox_with_views(tmp_path):
