@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
         mesh = result.mesh
         if len(mesh.faces) == 0:
             empty.append(item.name)
-            warnings.warn(f"{item.name}: the field has no surface at level {args.level} (nothing inside); no mesh written")
+            # imnet.extract has already warned why; say which input it was and that nothing was written
+            print(f"reconstruct.py: {item.name}: no surface at level {args.level}; no mesh written", file=sys.stderr)
             continue
         if args.smooth:
             trimesh.smoothing.filter_taubin(mesh, iterations=args.smooth)

@@ -126,7 +126,9 @@ def test_empty_field_warns_and_writes_nothing(tmp_path, capsys):
     checkpoint = tmp_path / "empty.pt"
     save_checkpoint(checkpoint, {"stage": "svr", "model_config": config_to_dict(config), "config": {}, "model": model.state_dict()})
     out = tmp_path / "out.obj"
-    with pytest.warns(UserWarning, match="no surface"):
+    with pytest.warns(UserWarning, match="mesh is empty") as caught:
         assert run("--checkpoint", checkpoint, PHOTO, "-o", out, "--resolution", 32) == 1
+    assert len(caught) == 1  # one warning for one empty field
     assert not out.exists()
-    assert "0 meshes written" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "0 meshes written" in printed.out and "no surface at level 0.5; no mesh written" in printed.err
