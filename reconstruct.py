@@ -139,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
     from imnet.checkpoint import load_model
     from imnet.config import ReconstructConfig, format_config
     from imnet.images import preprocess
-    from imnet.inference import reconstruct_image, resolve_device
+    from imnet.inference import reconstruct_image
+    from imnet.precision import resolve_device
 
     if args.resolution < 8:
         raise ValueError(f"--resolution must be at least 8, got {args.resolution}")

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from imnet.config import AEConfig, ModelConfig
 from imnet.datafile import open_datafile
-from imnet.inference import resolve_device
+from imnet.precision import resolve_device
 from imnet.model import IMNet
 from imnet.training import train_ae
 

@@ -266,7 +266,7 @@ def _predictor(
 
 def _load_model(config: EvalConfig) -> IMNet:
     from imnet.checkpoint import load_model
-    from imnet.inference import resolve_device
+    from imnet.precision import resolve_device
 
     device = resolve_device(config.device)
     model, checkpoint = load_model(config.checkpoint, map_location=device)

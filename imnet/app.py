@@ -47,7 +47,8 @@ from skimage.transform import rescale
 
 from imnet.checkpoint import CheckpointError, load_model
 from imnet.images import Box, ImageError, composite_on_white, load_image, preprocess
-from imnet.inference import reconstruct_image, resolve_device
+from imnet.inference import reconstruct_image
+from imnet.precision import resolve_device
 from imnet.model import IMNet
 from imnet.render import R2N2_RECORDED_FOV, Renderer, camera_pose, render_depth_normals
 
@@ -402,7 +403,7 @@ def build_app(
     Args:
         model_paths: name -> checkpoint (:func:`find_checkpoints`), or one checkpoint path. With
             several, the page offers a category menu.
-        device: "auto", "cpu", "cuda", "cuda:N" or "mps" (:func:`imnet.inference.resolve_device`).
+        device: "auto", "cpu", "cuda", "cuda:N" or "mps" (:func:`imnet.precision.resolve_device`).
         default_resolution: initial extraction resolution; None: 128 on a GPU, 64 on a CPU.
         half: run the decoder in half precision (CUDA: float16).
         max_megapixels: larger pictures are refused with a message.

@@ -58,7 +58,8 @@ from imnet.config import AEConfig, ModelConfig, SVRConfig, config_to_dict, forma
 from imnet.datafile import LEVELS, ShapeData
 from imnet.datasets import AEDataset, SVRDataset, load_shapes, read_codes
 from imnet.extract import dense_grid
-from imnet.inference import decoder_field, resolve_device
+from imnet.inference import decoder_field
+from imnet.precision import resolve_device
 from imnet.metrics import iou_occupancy
 from imnet.model import IMNet
 
