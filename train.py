@@ -56,14 +56,20 @@ def add_run_options(p: argparse.ArgumentParser, defaults: AEConfig | SVRConfig) 
     p.add_argument("--val-data", metavar="HDF5", help="HDF5 data file of held-out shapes for validation (IoU, loss, best.pt)")
     p.add_argument("--out-dir", metavar="DIR", help=f"where checkpoints and logs go (default {defaults.out_dir})")
     p.add_argument("--batch-shapes", type=int, help=f"shapes per step and process (default {defaults.batch_shapes})")
-    p.add_argument("--lr", type=float, help=f"Adam learning rate (default {defaults.lr})")
+    p.add_argument("--lr", type=float, help=f"peak Adam learning rate (default {defaults.lr})")
     p.add_argument("--beta1", type=float, help=f"Adam beta1 (default {defaults.beta1})")
+    p.add_argument("--warmup", type=float, help=f"share of the steps with a linearly rising learning rate (default {defaults.warmup})")
+    p.add_argument("--schedule", choices=["cosine", "constant"], help=f"learning rate after the warm-up (default {defaults.schedule})")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="auto: cuda, else mps, else cpu (default auto)")
-    p.add_argument("--no-amp", dest="amp", action="store_false", help="no bfloat16 autocast on CUDA (use float32)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="bf16 autocast or fp32; auto: bf16 only where it "
+                   "measures fast (recent GPUs, CPUs with AVX-512-BF16/AMX), recorded in the checkpoint (default auto)")
+    p.add_argument("--preset", choices=["paper"], help="start from the paper's settings (Chen & Zhang 2019) instead of "
+                   "the measured defaults; other options given override it")
     p.add_argument("--seed", type=int, help=f"random seed (default {defaults.seed})")
     p.add_argument("--val-every", type=int, help=f"epochs between validations (default {defaults.val_every})")
-    p.add_argument("--val-resolution", type=int, help="grid on which validation IoU is measured; divides 64 "
-                   f"(default {defaults.val_resolution})")
+    p.add_argument("--val-resolution", type=int, help="validation IoU on this sub-lattice of the exact 64^3 "
+                   f"validation lattice; divides 64 (default {defaults.val_resolution})")
+    p.add_argument("--val-shapes", type=int, help=f"validate on at most this many shapes (0: all; default {defaults.val_shapes})")
     p.add_argument("--checkpoint-every", type=int, help=f"epochs between checkpoints (default {defaults.checkpoint_every})")
     p.add_argument("--workers", type=int, help=f"DataLoader worker processes (default {defaults.workers})")
     p.add_argument("--resume", action="store_true", default=False, help="continue the run in --out-dir from its last.pt")
@@ -84,13 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=parse_levels, metavar="L:E,...", help=f"LEVEL:EPOCHS per sampling level, coarse to fine (default {default_epochs})")
     p.add_argument("--points-per-shape", type=int, help="random subset of each shape's points per step; 0: all "
                    f"(default {ae_defaults.points_per_shape})")
+    p.add_argument("--uniform-fraction", type=float, help="share of those points taken from the coarse level-16 set at "
+                   f"levels 32 and 64 (default {ae_defaults.uniform_fraction})")
+    p.add_argument("--loss", choices=["bce", "mse"], help=f"occupancy loss: bce on logits or mse (paper) (default {ae_defaults.loss})")
+    p.add_argument("--final-val-resolution", type=int, help="one last validation at this lattice resolution, written to "
+                   f"diagnostics.json; 0: none (default {ae_defaults.final_val_resolution})")
+    p.add_argument("--final-val-shapes", type=int, help=f"shapes of each split in it (default {ae_defaults.final_val_shapes})")
     p.add_argument("--code-dim", type=int, help=f"shape code size (default {model.code_dim})")
     p.add_argument("--decoder-widths", type=int_tuple, metavar="W,...", help=f"decoder hidden widths (default {','.join(map(str, model.decoder_widths))})")
     p.add_argument("--no-decoder-skips", dest="decoder_skips", action="store_false",
                    help="do not feed [point, code] to every decoder layer (the paper does)")
     p.add_argument("--voxel-channels", type=int_tuple, metavar="C,...", help="voxel encoder channels "
                    f"(default {','.join(map(str, model.voxel_channels))})")
-    p.add_argument("--voxel-norm", choices=["batch", "instance"], help=f"voxel encoder normalisation (default {model.voxel_norm})")
+    p.add_argument("--voxel-norm", choices=["batch", "instance", "none"], help=f"voxel encoder normalisation (default {model.voxel_norm})")
+    p.add_argument("--point-octaves", type=int, help=f"Fourier feature octaves of the query point; 0: raw coordinates (paper) "
+                   f"(default {model.point_octaves})")
+    p.add_argument("--code-activation", choices=["none", "sigmoid"], help=f"shape code activation; sigmoid is the paper's "
+                   f"(default {model.code_activation})")
+    p.add_argument("--decoder-init", choices=["blocks", "imnet"], help=f"decoder weight initialisation (default {model.decoder_init})")
 
     p = sub.add_parser("codes", help="encode every shape with a trained IM-AE",
                        description="Write the IM-AE codes of the training (and validation) shapes to a .npz "
@@ -109,7 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codes", metavar="NPZ", help="the .npz written by `train.py codes`")
     p.add_argument("--epochs", type=int, help=f"epochs (default {svr_defaults.epochs})")
     p.add_argument("--pretrained-image-encoder", metavar="PTH", help="local torchvision ResNet-18 ImageNet weights (.pth) to start from")
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random shift/scale/contrast of the views")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random shift/scale/tone of the views")
+    p.add_argument("--low-res-fraction", type=float, help="share of the steps on 64x64 downscaled views before full 128x128 "
+                   f"(progressive resizing; 0: none) (default {svr_defaults.low_res_fraction})")
+    p.add_argument("--occupancy-weight", type=float, help="weight of an occupancy loss through the frozen decoder beside the "
+                   f"code loss (default {svr_defaults.occupancy_weight})")
+    p.add_argument("--occupancy-points", type=int, help=f"points per shape of that loss (default {svr_defaults.occupancy_points})")
     p.add_argument("--train-views", type=int, help="train on views 0..K-1 only, keeping the others held out "
                    "for testing (default: all 24)")
     p.add_argument("--val-view", type=int, help=f"the view (0-23) used for validation (default {svr_defaults.val_view})")
@@ -117,16 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_config(cls: type, args: argparse.Namespace):
-    """The run's config: the defaults (or, with --resume, the saved run's config) updated with the options given."""
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "resume", "stop_after")}
+    """The run's config: the defaults (or the paper preset, or with --resume the saved run's config)
+    updated with the options given."""
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "resume", "stop_after", "preset")}
     if "epochs" in options and isinstance(options["epochs"], tuple) and cls is AEConfig:
         options["levels"], options["epochs"] = options["epochs"]
-    config = cls()
+    config = cls.paper() if getattr(args, "preset", None) == "paper" else cls()
     if args.resume:
         out_dir = Path(options.get("out_dir", config.out_dir))
         saved = load_checkpoint(out_dir / "last.pt") if (out_dir / "last.pt").is_file() else None
         if saved is not None:
-            config = config_from_dict(cls, saved["config"])
+            saved_config = {k: v for k, v in saved["config"].items() if k != "precision_used"}
+            config = config_from_dict(cls, saved_config)
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
     model_options = {k: options.pop(k) for k in list(options) if k in model_fields}
     if model_options:

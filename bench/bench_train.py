@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from imnet.config import AEConfig, ModelConfig
 from imnet.datafile import open_datafile
-from imnet.precision import resolve_device
+from imnet.precision import resolve_device, resolve_precision
 from imnet.model import IMNet
 from imnet.training import train_ae
 
@@ -134,7 +134,7 @@ def main() -> None:
     batch = args.batch_shapes or (32 if gpu else 2)
     points = args.points_per_shape or (4096 if gpu else 1024)
     raw_steps = args.raw_steps or (50 if gpu else 10)
-    amp = AEConfig().amp and device.type == "cuda"
+    amp = resolve_precision(device, "auto") == "bf16"
     started = time.perf_counter()
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,7 +29,7 @@ from data_prep.sources import ShapeSource, read_r2n2_cameras
 from imnet import datafile
 from imnet.binvox import binvox_bounds, read_binvox
 from imnet.config import DataPrepConfig
-from imnet.sampling import GRID, downsample_voxels, sample_points
+from imnet.sampling import GRID, downsample_voxels, lattice_occupancy, sample_points
 from imnet.voxelize import voxelize_solid
 
 RECORDS_DIR = "shapes"  # per-shape results, one file each: <out>/shapes/<category>/<model_id>.npz
@@ -168,6 +168,7 @@ def prepare_shape(source: ShapeSource, config: DataPrepConfig) -> dict[str, np.n
         "scale": np.float32(scale),
         "voxels": downsample_voxels(solid, 64)[..., None].astype(np.uint8),
         **sample_points(solid, rng),
+        "occupancy_64": lattice_occupancy(solid, 64),
     }
     if config.render:
         if source.views_dir:

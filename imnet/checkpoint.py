@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -36,22 +37,35 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
         os.fsync(f.fileno())  # a checkpoint must survive a crash right after it is "written"
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint safely; raises CheckpointError with the reason when it is not usable."""
+def load_weights_file(path: str | Path, what: str = "imnet checkpoint", map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load(weights_only=True)` with one-line errors: missing, unreadable, or holding code.
+
+    torch's own message for a file holding pickled objects is mostly advice to load it unsafely;
+    only the line naming the culprit is kept, and nothing in the file is ever run.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"{what} not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(1)
+    if not zipfile.is_zipfile(path) and head != b"\x80":  # neither torch.save's zip nor its legacy pickle
+        raise CheckpointError(f"{path} is not a readable {what}: not a file written by torch.save")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's message is mostly advice to load unsafely; keep only the line naming the culprit.
         lines = [l for l in str(e).splitlines() if "GLOBAL" in l or "Unsupported" in l]
         raise CheckpointError(
             f"{path} holds objects other than tensors and plain values, so it was not loaded "
-            f"(it may have been tampered with, or is not an imnet checkpoint){': ' + lines[0] if lines else ''}"
+            f"(it may have been tampered with, or is not a {what}){': ' + lines[0] if lines else ''}"
         ) from None
     except Exception as e:  # truncated or not a torch file at all
-        raise CheckpointError(f"{path} is not a readable imnet checkpoint: {type(e).__name__}: {e}") from None
+        raise CheckpointError(f"{path} is not a readable {what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely; raises CheckpointError with the reason when it is not usable."""
+    path = Path(path)
+    checkpoint = load_weights_file(path, "imnet checkpoint", map_location)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an imnet checkpoint (no '{FORMAT}' marker)")
     if checkpoint.get("version") != VERSION:

@@ -14,6 +14,11 @@ Every dataset below is uint8, gzip-compressed and chunked one shape per chunk:
 Points are indices (x, y, z) into the 256^3 grid over [-0.5, 0.5]^3 (see ``imnet.sampling``).
 Our extras, which IM-NET ignores:
 
+- ``occupancy_64`` uint8 [N, 64, 64, 64]: the 256^3 solid at voxels (4i+2, 4j+2, 4k+2), exact
+  labels on a 64^3 lattice of points for validation IoU (``imnet.sampling.lattice_occupancy``).
+  The max-pooled ``voxels`` are no ground truth for a field sampled at points: on thin chairs the
+  exact shape's own occupancy at the 64^3 cell centres scores IoU 0.70 against them.
+
 - group ``meta``: ``centre`` float32 [N, 3] and ``scale`` float32 [N] (object space is
   ``(p - centre) / scale`` of the source mesh), ``cameras`` float32 [N, 24, 5] (azimuth, elevation,
   in-plane rotation, distance ratio, field of view per view), ``source`` utf-8 string [N] (where the
@@ -37,7 +42,7 @@ the ``.txt`` beside the file otherwise.
 
 Shapes in the per-shape record files of the data preparation pipeline (``write_shape_record``) are
 dicts with the keys ``voxels`` [64, 64, 64] (or [..., 1]), ``points_L`` [P, 3], ``values_L`` [P] (or
-[P, 1]) for L in 16, 32, 64, and optionally ``pixels`` [24, 137, 137], ``centre`` [3], ``scale`` [],
+[P, 1]) for L in 16, 32, 64, and optionally ``pixels`` [24, 137, 137], ``occupancy_64`` [64, 64, 64], ``centre`` [3], ``scale`` [],
 ``cameras`` [24, 5], ``source`` str and ``name`` str.
 """
 
@@ -71,8 +76,10 @@ _ROW_SHAPES = {
     "values_32": (POINT_COUNTS[32], 1),
     "points_64": (POINT_COUNTS[64], 3),
     "values_64": (POINT_COUNTS[64], 1),
+    "occupancy_64": (VOXEL_SIZE, VOXEL_SIZE, VOXEL_SIZE),
 }
-_REQUIRED = [key for key in _ROW_SHAPES if key != "pixels"]
+_OPTIONAL = ("pixels", "occupancy_64")  # every shape of a file has them, or none
+_REQUIRED = [key for key in _ROW_SHAPES if key not in _OPTIONAL]
 # Per-shape shapes of the float32 meta datasets.
 _META_SHAPES = {"centre": (3,), "scale": (), "cameras": (N_VIEWS, 5)}
 _META_STRINGS = ("source", "name")
@@ -187,19 +194,19 @@ def _write(
                 raise ValueError(f"got more shapes than the {n} expected")
             arrays = _check_record(record, where=f"shape {i}")
             if i == 0:
-                has_pixels = "pixels" in arrays
-                keys = [key for key in _ROW_SHAPES if has_pixels or key != "pixels"]
+                keys = [key for key in _ROW_SHAPES if key in arrays]
                 for key in keys:
                     f.create_dataset(
                         key, shape=(n, *_ROW_SHAPES[key]), dtype=np.uint8,
                         chunks=(1, *_ROW_SHAPES[key]),
                         compression="gzip", compression_opts=compression_level,
                     )
-            elif ("pixels" in arrays) != has_pixels:
-                raise ValueError(
-                    f"shape {i} {'lacks' if has_pixels else 'has'} pixels and shape 0 "
-                    f"{'has' if has_pixels else 'lacks'} them; either every shape has views or none"
-                )
+            for key in _OPTIONAL:
+                if (key in arrays) != (key in keys):
+                    raise ValueError(
+                        f"shape {i} {'has' if key in arrays else 'lacks'} {key} and shape 0 "
+                        f"{'lacks' if key in arrays else 'has'} it; either every shape has {key} or none"
+                    )
             for key in keys:
                 f[key][i] = arrays[key]
             for key in _META_SHAPES:
@@ -378,6 +385,10 @@ class ShapeData:
             self._file.close()
             self._file = None
 
+    def has(self, key: str) -> bool:
+        """Whether the file holds dataset `key` (e.g. the optional "pixels" or "occupancy_64")."""
+        return key in self._keys
+
     def load_into_memory(self, keys: Iterable[str] | None = None) -> ShapeData:
         """Read datasets into memory once (as stored: uint8), so later accesses skip the file.
 
@@ -406,6 +417,15 @@ class ShapeData:
     def pixels(self) -> np.ndarray | LazyRows | None:
         """Rendered views: uint8 [N, 24, 137, 137], object dark on white; None in voxel-only files."""
         return self._rows("pixels") if "pixels" in self._keys else None
+
+    @property
+    def occupancy_64(self) -> np.ndarray | LazyRows | None:
+        """Exact occupancy on the validation lattice: uint8 (0/1) [N, 64, 64, 64], or None.
+
+        Entry [i, j, k] is the 256^3 solid at voxel (4i+2, 4j+2, 4k+2), i.e. at the point
+        ``imnet.sampling.lattice_points(64)[i, j, k]``. Only our own files have it.
+        """
+        return self._rows("occupancy_64") if "occupancy_64" in self._keys else None
 
     def point_grid(self, level: int) -> int:
         """Resolution of the grid that ``point_indices(level)`` index: 256, or ``level`` for 2018 files."""

@@ -33,13 +33,16 @@ DataSource = str | os.PathLike | ShapeData
 VIEW_CROP = slice(4, 132)  # the 137x137 views are centre-cropped to the 128x128 network input
 
 
-def load_shapes(data: DataSource, keys: list[str]) -> ShapeData:
-    """`data` as a ShapeData holding `keys` in memory (an open ShapeData is loaded, not copied)."""
+def load_shapes(data: DataSource, keys: list[str], optional: tuple[str, ...] = ()) -> ShapeData:
+    """`data` as a ShapeData holding `keys` (and those of `optional` the file has) in memory.
+
+    An open ShapeData is loaded, not copied.
+    """
     if isinstance(data, ShapeData):
-        return data.load_into_memory(keys)
+        return data.load_into_memory([*keys, *(k for k in optional if data.has(k))])
     shapes = open_datafile(data)
     try:
-        shapes.load_into_memory(keys)
+        shapes.load_into_memory([*keys, *(k for k in optional if shapes.has(k))])
     finally:
         # Everything needed is in memory now; a closed file cannot trouble forked workers.
         shapes.close()
@@ -56,39 +59,50 @@ class AEDataset(Dataset):
         index   int                       row in the data file
 
     P is all points of the level, or a fresh random subset of `points_per_shape` of them every
-    time the item is read.
+    time the item is read. With `uniform_fraction` f > 0 at levels 32 and 64, a share f of those P
+    points is drawn from the coarse level-16 set instead (one point per 16^3 block all over the
+    cube), so the decoder keeps seeing space far from the surface and draws no floaters there.
     """
 
-    def __init__(self, data: DataSource, level: int, points_per_shape: int = 0):
-        keys = ["voxels", f"points_{level}", f"values_{level}"]
+    def __init__(self, data: DataSource, level: int, points_per_shape: int = 0, uniform_fraction: float = 0.0):
+        if not 0.0 <= uniform_fraction < 1.0:
+            raise ValueError(f"uniform_fraction must be in [0, 1), got {uniform_fraction}")
+        mix = uniform_fraction > 0 and level != 16 and points_per_shape > 0
+        keys = ["voxels", f"points_{level}", f"values_{level}", *(["points_16", "values_16"] if mix else [])]
         shapes = load_shapes(data, keys)
         self.level = level
         self.voxels = torch.from_numpy(shapes.voxels)
         # Kept as the file's uint8 grid indices (4x smaller than float coordinates).
-        self.point_indices = shapes.point_indices(level)
-        self.point_grid = shapes.point_grid(level)
-        self.values = torch.from_numpy(shapes.values(level))
-        available = self.values.shape[1]
+        self.sets = [(shapes.point_indices(level), shapes.point_grid(level), torch.from_numpy(shapes.values(level)))]
+        available = self.sets[0][2].shape[1]
         if not 0 <= points_per_shape <= available:
             raise ValueError(
                 f"points_per_shape={points_per_shape}, but level {level} of {shapes.path} has "
                 f"{available} points per shape; use 0 (all) or at most {available}"
             )
-        self.points_per_shape = points_per_shape
+        self.counts = [points_per_shape]
+        if mix:
+            uniform = round(uniform_fraction * points_per_shape)
+            self.sets.append((shapes.point_indices(16), shapes.point_grid(16), torch.from_numpy(shapes.values(16))))
+            self.counts = [points_per_shape - uniform, uniform]
 
     def __len__(self) -> int:
         return len(self.voxels)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        points = torch.from_numpy(indices_to_coords(self.point_indices[index], grid=self.point_grid))
-        values = self.values[index]
-        if self.points_per_shape:
-            subset = torch.randperm(len(values))[: self.points_per_shape]
-            points, values = points[subset], values[subset]
+        points, values = [], []
+        for (indices, grid, occupancy), count in zip(self.sets, self.counts):
+            p = torch.from_numpy(indices_to_coords(indices[index], grid=grid))
+            v = occupancy[index]
+            if count:
+                subset = torch.randperm(len(v))[:count]
+                p, v = p[subset], v[subset]
+            points.append(p)
+            values.append(v)
         return {
             "voxels": self.voxels[index][None].float(),
-            "points": points,
-            "values": values,
+            "points": torch.cat(points),
+            "values": torch.cat(values),
             "index": index,
         }
 
@@ -127,21 +141,24 @@ def read_codes(path: str | os.PathLike, split: str, data: DataSource, required: 
 
 
 class SVRDataset(Dataset):
-    """IM-SVR items: one of a shape's 24 views and the shape's AE code.
+    """IM-SVR items: one of a shape's views and the shape's AE code.
 
     Item i is a dict:
-        image  float32 [1, 128, 128]   view cropped to [4:132, 4:132], pixel / 255 (object dark on white)
-        code   float32 [code_dim]      regression target (empty when no codes were given)
-        index  int                     row in the data file
-        view   int                     which of the 24 views
+        image   float32 [1, 128, 128]   view cropped to [4:132, 4:132], pixel / 255 (object dark on white)
+        code    float32 [code_dim]      regression target (empty when no codes were given)
+        points  float32 [P, 3]          with `points_per_shape` P > 0: level-64 sample points ...
+        values  float32 [P]             ... and their occupancy, for a loss through the decoder
+        index   int                     row in the data file
+        view    int                     which view
 
     Args:
         data: data file with `pixels`.
         codes: float32 [N, code_dim] (see `read_codes`), or None to serve images only.
         view: a fixed view index (validation), or None for a random view each time an item is read.
-        augment: jitter the view a little (shift, scale, contrast), keeping the background white.
+        augment: jitter the view (`jitter_view`: shift, scale, object tone), keeping the background white.
         train_views: with view=None, draw only from views 0..train_views-1 (0: all), so the other
             views stay held out for testing.
+        points_per_shape: also serve this many random near-surface points per item (0: none).
     """
 
     def __init__(
@@ -151,8 +168,9 @@ class SVRDataset(Dataset):
         view: int | None = None,
         augment: bool = False,
         train_views: int = 0,
+        points_per_shape: int = 0,
     ):
-        shapes = load_shapes(data, ["pixels"])
+        shapes = load_shapes(data, ["pixels", *(["points_64", "values_64"] if points_per_shape else [])])
         pixels = shapes.pixels
         if pixels is None:
             raise ValueError(f"{shapes.path} holds no rendered views (pixels); IM-SVR needs a data file with views")
@@ -168,37 +186,56 @@ class SVRDataset(Dataset):
         self.view = view
         self.augment = augment
         self.train_views = train_views or n_views
+        self.points_per_shape = points_per_shape
+        if points_per_shape:
+            self.point_indices, self.point_grid = shapes.point_indices(64), shapes.point_grid(64)
+            self.values = torch.from_numpy(shapes.values(64))
 
     def __len__(self) -> int:
         return len(self.pixels)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         view = self.view if self.view is not None else int(torch.randint(self.train_views, ()))
-        image = self.pixels[index, view, VIEW_CROP, VIEW_CROP][None].float() / 255.0
+        image = view_to_input_tensor(self.pixels[index, view])
         if self.augment:
             image = jitter_view(image)
         code = self.codes[index] if self.codes is not None else torch.zeros(0)
-        return {"image": image, "code": code, "index": index, "view": view}
+        item = {"image": image, "code": code, "index": index, "view": view}
+        if self.points_per_shape:
+            subset = torch.randperm(self.values.shape[1])[: self.points_per_shape]
+            item["points"] = torch.from_numpy(indices_to_coords(self.point_indices[index][subset.numpy()], grid=self.point_grid))
+            item["values"] = self.values[index][subset]
+        return item
+
+
+def view_to_input_tensor(view: torch.Tensor) -> torch.Tensor:
+    """A stored 137x137 view -> the network input: float32 [1, 128, 128] in [0, 1]."""
+    return view[VIEW_CROP, VIEW_CROP][None].float() / 255.0
 
 
 def jitter_view(
     image: torch.Tensor,
-    max_shift: float = 0.05,
-    max_scale: float = 0.05,
-    max_contrast: float = 0.2,
+    max_shift: float = 0.08,
+    max_scale: float = 0.10,
+    tone_gain: tuple[float, float] = (0.6, 1.4),
+    max_log_gamma: float = 0.7,
 ) -> torch.Tensor:
-    """Random small shift, scale and contrast change of a view, keeping the background white.
+    """Random shift, scale and object tone of a view, keeping the background white.
 
     image: float32 [1, H, W] in [0, 1], object dark on white. Shift is a fraction of the image
-    size, scale and contrast are relative. Work is done on the darkness (1 - image), which is 0 on
-    the background, so zero padding and scaling both leave the background white.
+    size, scale relative. Work is done on the darkness d = 1 - image, which is 0 on the background,
+    so zero padding, scaling and the tone change all leave the background white. The tone change
+    d -> gain * d^gamma makes the object lighter or darker and its shading flatter or harsher, as
+    if it had another colour or material: renders of grey meshes then also prepare the network for
+    the black office chair or the pale wooden table of a product photo.
     """
     shift = (torch.rand(2) * 2 - 1) * max_shift * 2  # affine_grid works in [-1, 1] coordinates
     scale = 1 + (torch.rand(()) * 2 - 1) * max_scale
-    contrast = 1 + (torch.rand(()) * 2 - 1) * max_contrast
+    gain = tone_gain[0] + torch.rand(()) * (tone_gain[1] - tone_gain[0])
+    gamma = torch.exp((torch.rand(()) * 2 - 1) * max_log_gamma)
     theta = torch.zeros(1, 2, 3)
     theta[0, 0, 0] = theta[0, 1, 1] = 1 / scale
     theta[0, :, 2] = shift
     grid = F.affine_grid(theta, [1, *image.shape], align_corners=False)
     darkness = F.grid_sample((1 - image)[None], grid, padding_mode="zeros", align_corners=False)[0]
-    return (1 - darkness * contrast).clamp(0, 1)
+    return (1 - gain * darkness.clamp(0, 1) ** gamma).clamp(0, 1)

@@ -2,13 +2,21 @@
 
     VoxelEncoder   [B, 1, 64, 64, 64]  -> [B, 128]      (IM-AE)
     ImageEncoder   [B, 1, 128, 128]    -> [B, 128]      (IM-SVR, torchvision ResNet-18)
-    Decoder        [B, 128], [B, N, 3] -> [B, N]        occupancy in [0, 1]
+    Decoder        [B, 128], [B, N, 3] -> [B, N]        occupancy in [0, 1] (`logits`: before the sigmoid)
 
 `IMNet` bundles the three so that one checkpoint holds a whole model.
+
+Two choices differ from the 2019 paper by default, each kept because it measured better at equal
+CPU time (docs/training.md has the ablation): the shape code is linear rather than a sigmoid
+(sigmoid codes saturate, and a saturated dimension carries neither gradient nor information), and
+the decoder sees the query point through Fourier features [p, sin(2^k pi p), cos(2^k pi p)] rather
+than as raw coordinates (Tancik et al., NeurIPS 2020: an MLP fed raw coordinates learns sharp
+boundaries only slowly). `ModelConfig.paper()` is the paper's architecture.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -18,71 +26,145 @@ from torch import nn
 
 from imnet.config import ModelConfig
 
+__all__ = ["VoxelEncoder", "ImageEncoder", "PointEncoding", "SkipLinear", "Decoder", "IMNet", "CODE_ACTIVATIONS"]
+
 LEAKY_SLOPE = 0.02  # the paper's LeakyReLU slope, used in every network
+CODE_ACTIVATIONS = {"sigmoid": torch.sigmoid, "none": lambda z: z}
+CODE_BOUNDS = {"sigmoid": (0.0, 1.0), "none": None}  # range of each activation, for code diagnostics
 
 
 class VoxelEncoder(nn.Module):
     """3D CNN of IM-AE: four strided 4^3 convolutions, then a valid 4^3 convolution to the code.
 
-    [B, 1, 64, 64, 64] -> [B, code_dim], values in (0, 1) (sigmoid, as in the paper).
+    [B, 1, 64, 64, 64] -> [B, code_dim]. `code_activation` "sigmoid" (the paper: codes in (0, 1)) or
+    "none" (linear codes). `norm` after each strided convolution: "batch" (paper), "instance"
+    (IM-NET's later release) or "none".
     """
 
-    def __init__(self, code_dim: int = 128, channels: tuple[int, ...] = (32, 64, 128, 256), norm: str = "batch"):
+    def __init__(
+        self,
+        code_dim: int = 128,
+        channels: tuple[int, ...] = (32, 64, 128, 256),
+        norm: str = "batch",
+        code_activation: str = "none",
+    ):
         super().__init__()
-        if norm not in ("batch", "instance"):
-            raise ValueError(f"norm must be 'batch' or 'instance', got {norm!r}")
-        Norm = nn.BatchNorm3d if norm == "batch" else lambda c: nn.InstanceNorm3d(c, affine=True)
+        if norm not in ("batch", "instance", "none"):
+            raise ValueError(f"norm must be 'batch', 'instance' or 'none', got {norm!r}")
+        if code_activation not in CODE_ACTIVATIONS:
+            raise ValueError(f"code_activation must be one of {sorted(CODE_ACTIVATIONS)}, got {code_activation!r}")
         layers: list[nn.Module] = []
         c_in = 1
         for c_out in channels:  # 64 -> 32 -> 16 -> 8 -> 4 with the default four layers
-            layers += [nn.Conv3d(c_in, c_out, 4, stride=2, padding=1, bias=False), Norm(c_out), nn.LeakyReLU(LEAKY_SLOPE)]
+            layers.append(nn.Conv3d(c_in, c_out, 4, stride=2, padding=1, bias=norm == "none"))
+            if norm == "batch":
+                layers.append(nn.BatchNorm3d(c_out))
+            elif norm == "instance":
+                layers.append(nn.InstanceNorm3d(c_out, affine=True))
+            layers.append(nn.LeakyReLU(LEAKY_SLOPE))
             c_in = c_out
         self.features = nn.Sequential(*layers)
         self.head = nn.Conv3d(c_in, code_dim, 4, stride=1, padding=0)
+        self.code_activation = code_activation
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # PyTorch's own default for convolutions (Kaiming uniform with a = sqrt(5), fan-in uniform
+        # biases), written out because it is what the training recipe was measured with.
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
+                if m.bias is not None:
+                    bound = 1.0 / math.sqrt(m.weight[0].numel())
+                    nn.init.uniform_(m.bias, -bound, bound)
+            elif isinstance(m, (nn.BatchNorm3d, nn.InstanceNorm3d)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def forward(self, voxels: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.head(self.features(voxels)).flatten(1))
+        return CODE_ACTIVATIONS[self.code_activation](self.head(self.features(voxels)).flatten(1))
 
 
 class ImageEncoder(nn.Module):
     """torchvision's ResNet-18 on one grayscale channel, with a code-sized head.
 
-    [B, 1, 128, 128] (pixels / 255, object dark on white) -> [B, code_dim], values in (0, 1)
-    (sigmoid, matching the range of the AE codes it regresses).
+    [B, 1, 128, 128] (pixels / 255, object dark on white) -> [B, code_dim], with the same
+    `code_activation` as the AE codes it regresses. Being fully convolutional up to its global
+    average pool, it also takes smaller images (IM-SVR trains on 64x64 first; see imnet.training).
+    torchvision initialises the ResNet (Kaiming convolutions, unit batch norm).
     """
 
-    def __init__(self, code_dim: int = 128, pretrained_path: str | Path | None = None):
+    def __init__(self, code_dim: int = 128, code_activation: str = "none"):
         super().__init__()
+        if code_activation not in CODE_ACTIVATIONS:
+            raise ValueError(f"code_activation must be one of {sorted(CODE_ACTIVATIONS)}, got {code_activation!r}")
         self.net = torchvision.models.resnet18(weights=None, num_classes=code_dim)
         self.net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        if pretrained_path:
-            self.load_imagenet_weights(pretrained_path)
+        nn.init.kaiming_normal_(self.net.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision's
+        self.code_activation = code_activation
+        # Linear codes are regressed standardised: code = code_mean + code_scale * net(image).
+        self.register_buffer("code_mean", torch.zeros(code_dim))
+        self.register_buffer("code_scale", torch.ones(code_dim))
 
-    def load_imagenet_weights(self, path: str | Path) -> None:
-        """Initialise from a LOCAL torchvision ResNet-18 state dict (e.g. resnet18-f37072fd.pth).
+    @torch.no_grad()
+    def set_code_statistics(self, codes: torch.Tensor) -> None:
+        """Per-dimension mean and spread of the AE codes to regress ([N, code_dim]), so that the
+        network's raw outputs are standardised codes and every dimension weighs alike."""
+        if self.code_activation == "none":
+            self.code_mean.copy_(codes.mean(0))
+            self.code_scale.copy_(codes.std(0).clamp(min=1e-3))
+
+    def load_imagenet_state(self, state: dict[str, torch.Tensor], source: str = "the state dict") -> None:
+        """Initialise from torchvision's ResNet-18 ImageNet weights (read them with
+        `imnet.checkpoint.load_weights_file`, from a LOCAL file: nothing is downloaded).
 
         The RGB first convolution is summed over its colour channels (a gray image is R = G = B);
         the ImageNet classifier is dropped.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"pretrained image-encoder weights not found: {path}. Download torchvision's "
-                "resnet18 ImageNet weights on a machine with internet access and pass the local file."
-            )
-        state = torch.load(path, map_location="cpu", weights_only=True)
         state = {k.removeprefix("net."): v for k, v in state.items() if not k.removeprefix("net.").startswith("fc.")}
-        if state["conv1.weight"].shape[1] == 3:
+        if "conv1.weight" in state and state["conv1.weight"].shape[1] == 3:
             state["conv1.weight"] = state["conv1.weight"].sum(dim=1, keepdim=True)
-        missing, unexpected = self.net.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = self.net.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # tensor shapes of another network
+            raise ValueError(f"{source} is not a ResNet-18 state dict: {str(e).splitlines()[0]}") from None
         if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
             raise ValueError(
-                f"{path} is not a ResNet-18 state dict: missing {sorted(set(missing) - {'fc.weight', 'fc.bias'})}, "
-                f"unexpected {sorted(unexpected)}"
+                f"{source} is not a ResNet-18 state dict: missing {sorted(set(missing) - {'fc.weight', 'fc.bias'})[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}"
             )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(images))
+        raw = self.net(images)
+        if self.code_activation == "none":
+            return self.code_mean + self.code_scale * raw
+        return CODE_ACTIVATIONS[self.code_activation](raw)
+
+
+class PointEncoding(nn.Module):
+    """Fourier features of query points: [..., 3] -> [..., 3 + 6 * octaves].
+
+    [p, sin(2^k pi p), cos(2^k pi p)] for k = 0 .. octaves-1 (per coordinate); octaves = 0 is the
+    identity (the paper's raw coordinates). Over [-0.5, 0.5] the highest octave has 2^(octaves-1)
+    periods, so 4 octaves resolve features of about 1/16 of the object cube.
+    """
+
+    def __init__(self, octaves: int = 4):
+        super().__init__()
+        if octaves < 0:
+            raise ValueError(f"octaves must be >= 0, got {octaves}")
+        self.octaves = octaves
+        self.register_buffer("frequencies", math.pi * 2.0 ** torch.arange(octaves, dtype=torch.float32), persistent=False)
+
+    @property
+    def out_dim(self) -> int:
+        return 3 + 6 * self.octaves
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        if not self.octaves:
+            return points
+        angles = (points[..., None] * self.frequencies.to(points.dtype)).flatten(-2)  # [..., 3 * octaves]
+        return torch.cat([points, torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
 class SkipLinear(nn.Module):
@@ -98,6 +180,24 @@ class SkipLinear(nn.Module):
         self.point = nn.Linear(point_dim, out_dim, bias=False) if point_dim else None
         self.code = nn.Linear(code_dim, out_dim) if code_dim else None
         self.bias = None if code_dim else nn.Parameter(torch.zeros(out_dim))
+
+    def init_weights(self, scheme: str) -> None:
+        """"blocks": each block as nn.Linear initialises itself for its own input size (uniform
+        +-1/sqrt(fan_in)), so the 3 point coordinates start with large weights and the decoder sees
+        position from the first step. "imnet": IM-NET's N(0, 0.02) weights and zero biases."""
+        blocks = [m for m in (self.hidden, self.point, self.code) if m is not None]
+        for block in blocks:
+            if scheme == "imnet":
+                nn.init.normal_(block.weight, 0.0, 0.02)
+            else:
+                bound = 1.0 / math.sqrt(block.in_features)
+                nn.init.uniform_(block.weight, -bound, bound)
+        if self.code is not None:
+            if scheme == "imnet":
+                nn.init.zeros_(self.code.bias)
+            else:
+                bound = 1.0 / math.sqrt(self.code.in_features)
+                nn.init.uniform_(self.code.bias, -bound, bound)
 
     def code_term(self, z: torch.Tensor) -> torch.Tensor:
         """[B, code_dim] -> [B, 1, out_dim]."""
@@ -118,37 +218,60 @@ class Decoder(nn.Module):
     """IM-NET's implicit decoder: occupancy of query points given a shape code.
 
     Six fully connected layers (widths 2048, 1024, 512, 256, 128, 1 by default), LeakyReLU 0.02,
-    sigmoid output. With `skips`, every layer after the first also sees [p, z] again, as in the paper.
+    sigmoid output. With `skips`, every layer after the first also sees [p, z] again, as in the
+    paper. The point enters through `PointEncoding(point_octaves)` (0: raw coordinates).
 
-    forward: codes [B, code_dim], points [B, N, 3] -> occupancy [B, N].
+    forward: codes [B, code_dim], points [B, N, 3] -> occupancy [B, N]; `logits` the same before
+    the sigmoid (what training's BCE loss and range bounds work on).
     """
 
-    def __init__(self, code_dim: int = 128, widths: tuple[int, ...] = (2048, 1024, 512, 256, 128), skips: bool = True):
+    def __init__(
+        self,
+        code_dim: int = 128,
+        widths: tuple[int, ...] = (2048, 1024, 512, 256, 128),
+        skips: bool = True,
+        point_octaves: int = 0,
+        init: str = "blocks",
+    ):
         super().__init__()
+        if init not in ("blocks", "imnet"):
+            raise ValueError(f"init must be 'blocks' or 'imnet', got {init!r}")
         self.code_dim = code_dim
+        self.point_encoding = PointEncoding(point_octaves)
+        point_dim = self.point_encoding.out_dim
         layers = []
         h_dim = 0
         for i, width in enumerate((*widths, 1)):
             sees_pz = i == 0 or skips
-            layers.append(SkipLinear(h_dim, 3 if sees_pz else 0, code_dim if sees_pz else 0, width))
+            layers.append(SkipLinear(h_dim, point_dim if sees_pz else 0, code_dim if sees_pz else 0, width))
             h_dim = width
         self.layers = nn.ModuleList(layers)
+        for layer in self.layers:
+            layer.init_weights(init)
 
     def code_terms(self, codes: torch.Tensor) -> list[torch.Tensor]:
         """The code-dependent part of every layer: [B, code_dim] -> list of [B, 1, width]."""
         return [layer.code_term(codes) for layer in self.layers]
 
-    def forward_terms(self, points: torch.Tensor, terms: list[torch.Tensor]) -> torch.Tensor:
-        """Occupancy from precomputed `code_terms`: points [B, N, 3] -> [B, N]."""
+    def logits_terms(self, points: torch.Tensor, terms: list[torch.Tensor]) -> torch.Tensor:
+        """Logits from precomputed `code_terms`: points [B, N, 3] -> [B, N]."""
+        p = self.point_encoding(points)
         h = None
         for i, (layer, term) in enumerate(zip(self.layers, terms)):
-            h = layer(h, points, term)
+            h = layer(h, p, term)
             if i < len(self.layers) - 1:
                 h = F.leaky_relu(h, LEAKY_SLOPE)
-        return torch.sigmoid(h.squeeze(-1))
+        return h.squeeze(-1)
+
+    def forward_terms(self, points: torch.Tensor, terms: list[torch.Tensor]) -> torch.Tensor:
+        """Occupancy from precomputed `code_terms`: points [B, N, 3] -> [B, N]."""
+        return torch.sigmoid(self.logits_terms(points, terms))
+
+    def logits(self, codes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        return self.logits_terms(points, self.code_terms(codes))
 
     def forward(self, codes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        return self.forward_terms(points, self.code_terms(codes))
+        return torch.sigmoid(self.logits(codes, points))
 
 
 class IMNet(nn.Module):
@@ -157,10 +280,10 @@ class IMNet(nn.Module):
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
         self.config = config = config or ModelConfig()
-        self.voxel_encoder = VoxelEncoder(config.code_dim, config.voxel_channels, config.voxel_norm)
-        self.image_encoder = ImageEncoder(config.code_dim)
-        self.decoder = Decoder(config.code_dim, config.decoder_widths, config.decoder_skips)
+        self.voxel_encoder = VoxelEncoder(config.code_dim, config.voxel_channels, config.voxel_norm, config.code_activation)
+        self.image_encoder = ImageEncoder(config.code_dim, code_activation=config.code_activation)
+        self.decoder = Decoder(config.code_dim, config.decoder_widths, config.decoder_skips, config.point_octaves, config.decoder_init)
 
     def forward(self, voxels: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        """Auto-encoder pass: voxels [B, 1, 64, 64, 64], points [B, N, 3] -> occupancy [B, N]."""
-        return self.decoder(self.voxel_encoder(voxels), points)
+        """Auto-encoder pass: voxels [B, 1, 64, 64, 64], points [B, N, 3] -> occupancy logits [B, N]."""
+        return self.decoder.logits(self.voxel_encoder(voxels), points)

@@ -114,6 +114,31 @@ def sample_points(solid256: np.ndarray, rng: np.random.Generator) -> dict[str, n
     return out
 
 
+def lattice_occupancy(solid256: np.ndarray, size: int = 64) -> np.ndarray:
+    """The solid grid on a size^3 sub-lattice of its voxels: exact labels for validation IoU.
+
+    Entry [i, j, k] is ``solid256[s*i + s//2, s*j + s//2, s*k + s//2]`` with s = 256 / size: the
+    voxel whose lower corner is the centre of cell (i, j, k) of a size^3 grid. Its points
+    (``lattice_points``) lie half a 256^3 voxel off those cell centres, where the solid grid, the
+    source of every training label, is known exactly.
+
+    Returns:
+        uint8 [size, size, size], 1 inside.
+    """
+    solid = np.asarray(solid256)
+    if solid.shape != (GRID, GRID, GRID) or GRID % size:
+        raise ValueError(f"expected a [{GRID}]^3 solid grid and a size dividing {GRID}, got {solid.shape} and {size}")
+    step = GRID // size
+    return solid[step // 2 :: step, step // 2 :: step, step // 2 :: step].astype(np.uint8)
+
+
+def lattice_points(size: int = 64) -> np.ndarray:
+    """Object-space points of ``lattice_occupancy(..., size)``: float32 [size, size, size, 3]."""
+    step = GRID // size
+    axis = indices_to_coords(np.arange(step // 2, GRID, step))
+    return np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1)
+
+
 def _block_reduce(grid: np.ndarray, factor: int, op: Callable) -> np.ndarray:
     """Reduce a cubic grid over blocks of factor^3 cells with ``op`` (np.any / np.all)."""
     n = grid.shape[0]

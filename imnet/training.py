@@ -1,70 +1,84 @@
-"""Training IM-NET, as in the paper: IM-AE first, then IM-SVR on the AE's codes.
+"""Training IM-NET in the paper's two stages: IM-AE, then IM-SVR on the AE's codes.
 
-    train_ae(config)       voxel encoder + decoder; MSE on point occupancy, progressively on the
-                           16^3, 32^3 and 64^3 point sets, each level starting from the last one's weights
+    train_ae(config)       voxel encoder + decoder learn the occupancy of sampled points,
+                           progressively on the 16^3, 32^3 and 64^3 point sets
     extract_codes(...)     the trained voxel encoder's code of every shape, to a .npz file
-    train_svr(config)      an image encoder regresses those codes (MSE); the decoder stays frozen
+    train_svr(config)      a ResNet-18 regresses those codes from single views; the decoder is frozen
 
-One model per data file: give a file of one category for the paper's per-category models, or a
-file holding several categories for one model of all of them.
+Each stage is one function whose loop reads top to bottom. Around it: `imnet.runtime` (processes,
+device, precision, random streams, the run-folder lock), `imnet.runlog` (metrics.csv, TensorBoard,
+console lines), `imnet.checkpoint` (files), `imnet.diagnostics` (what validation reports).
+
+The recipe (defaults of `imnet.config`; docs/training.md has the ablations behind each choice):
+- binary cross-entropy on the decoder's logits (the paper: MSE on the sigmoid);
+- Adam with a linear warm-up over the first `warmup` share of steps, then cosine decay to 5%;
+- IM-AE: few shapes per step (4) and many steps: at equal CPU time, progress is limited by the
+  number of optimiser steps, not by the points per step; a share of each shape's points is drawn
+  from the coarse level-16 set at every level (`uniform_fraction`);
+- IM-SVR: codes standardised per dimension, strong view augmentation (shift, scale, object tone),
+  most steps on 64x64 downscaled views and the rest at the full 128x128 (progressive resizing:
+  4x cheaper steps while the network learns coarse shape cues), plus an optional occupancy loss
+  through the frozen decoder.
 
 Every run writes to `config.out_dir`:
     last.pt         the latest checkpoint (atomic); `resume=True` continues from it exactly
     best.pt         the checkpoint with the best validation IoU (only with validation data)
-    metrics.csv     one row per epoch: epoch, level, step, train_loss, val_loss, val_iou, seconds
+    metrics.csv     one row per epoch (columns: `CSV_COLUMNS`)
+    diagnostics.json  the final validation: IoU on training and held-out shapes, code spread,
+                    (IM-SVR) code error against the code spread and identification (self-match)
     tensorboard/    the same scalars, plus depth images of a few validation shapes (truth | prediction)
 
-Validation IoU: the decoder is evaluated at the cell centres of a `val_resolution`^3 grid and
-compared with the 64^3 voxels pooled to that grid, a cell counting as inside when at least half of
-its voxels are (`voxels_at_resolution`); averaged over the validation shapes. The validation loss
-is the training loss on the validation shapes (IM-AE: all points of the current level; IM-SVR: code
-MSE, when the codes file has validation codes).
+Validation IoU is measured at points where the ground truth is exact: the `val_resolution`^3
+sub-lattice of the 256^3 solid that data_prep stores as `occupancy_64` (see imnet.sampling). Files
+without it (IM-NET's published data) fall back to the max-pooled 64^3 voxels, which are dilated:
+against them a perfect field scores only ~0.7 IoU on thin chairs, so such numbers read low.
 
-A checkpoint holds the whole IMNet (an SVR checkpoint alone reconstructs from images: image encoder
-+ the AE's decoder), the optimiser, the progress (level, epochs, steps, best IoU), every process's
-RNG states and the config. Resuming restores all of them, so an interrupted run continues with the
-same losses an uninterrupted one would have had.
-
-Several processes (`torchrun --nproc_per_node N train.py ...`): DistributedDataParallel over gloo
-(CPU) or NCCL (CUDA). Each process takes `batch_shapes` shapes per step, so the effective batch is
-`batch_shapes * N`; the learning rate is not scaled for you. Only process 0 writes files.
+Several processes (`torchrun --nproc_per_node N train.py ...`): DistributedDataParallel; each takes
+`batch_shapes` shapes per step (effective batch `batch_shapes * N`; the learning rate is not scaled).
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
+import json
 import math
 import os
-import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from imnet.atomic import atomic_path
-from imnet.checkpoint import load_model, save_checkpoint
-from imnet.config import AEConfig, ModelConfig, SVRConfig, config_to_dict, format_config
+from imnet.atomic import atomic_path, write_atomic
+from imnet.checkpoint import load_model, load_weights_file, save_checkpoint
+from imnet.config import AEConfig, SVRConfig, config_to_dict, format_config
 from imnet.datafile import LEVELS, ShapeData
 from imnet.datasets import AEDataset, SVRDataset, load_shapes, read_codes
-from imnet.extract import dense_grid
-from imnet.inference import decoder_field
-from imnet.precision import resolve_device
-from imnet.metrics import iou_occupancy
-from imnet.model import IMNet
+from imnet.diagnostics import code_error, code_statistics, identification
+from imnet.extract import coarse_to_fine_grid
+from imnet.model import CODE_BOUNDS, IMNet
+from imnet.precision import autocast
+from imnet.runlog import RunLog, preview_image
+from imnet.runtime import RunFolderBusy, Runtime
+from imnet.sampling import GRID, lattice_points
 
+__all__ = [
+    "train_ae", "train_svr", "extract_codes", "occupancy_loss", "learning_rate", "validate_ae",
+    "SetupError", "TrainingDiverged", "RunSummary", "Progress", "CSV_COLUMNS",
+]
+
+CSV_COLUMNS = [
+    "epoch", "level", "step", "lr", "train_loss", "val_loss", "val_iou", "train_iou",
+    "val_code_spread", "val_code_error_ratio", "val_self_match", "seconds",
+]
 N_PREVIEW_SHAPES = 4  # validation shapes shown in TensorBoard
-CSV_COLUMNS = ["epoch", "level", "step", "train_loss", "val_loss", "val_iou", "seconds"]
+SVR_LOW_RES = 64  # side of the downscaled views of progressive resizing
 
 
 class SetupError(ValueError):
@@ -82,7 +96,7 @@ class Progress:
     epoch: int = 0  # epochs completed, over all levels
     step: int = 0  # optimiser steps taken
     level_index: int = 0  # IM-AE: index into config.levels of the current level
-    level_epoch: int = 0  # IM-AE: epochs completed at that level (all of them: the next starts next)
+    level_epoch: int = 0  # IM-AE: epochs completed at that level
     best_iou: float = -1.0  # best validation IoU so far (-1: none yet)
 
 
@@ -95,14 +109,56 @@ class RunSummary:
     epochs: int
     train_loss: float
     best_iou: float | None
+    diagnostics: dict = field(default_factory=dict)
     written: list[Path] = field(default_factory=list)
     stopped_early: bool = False  # stopped by `stop_after_epochs`, resumable
 
     def __str__(self) -> str:
-        iou = f", best val IoU {self.best_iou:.4f}" if self.best_iou is not None else ""
+        parts = [f"{self.stage}: {self.epochs} epochs, last train loss {self.train_loss:.6g}"]
+        if self.best_iou is not None:
+            parts.append(f"best val IoU {self.best_iou:.4f}")
+        final = self.diagnostics
+        if "val_iou" in final:
+            train = f", train {final['train_iou']:.3f}" if "train_iou" in final else ""
+            parts.append(f"final IoU at {final['resolution']}^3: val {final['val_iou']:.3f}{train}")
+        if "self_match" in final:
+            parts.append(f"self-match {final['self_match']:.2f} (pred-pred {final['pred_pred']:.3f} vs gt-gt {final['gt_gt']:.3f})")
         stopped = " (stopped early; continue with --resume)" if self.stopped_early else ""
-        wrote = ", ".join(str(p) for p in self.written)
-        return f"{self.stage}: {self.epochs} epochs, last train loss {self.train_loss:.6g}{iou}{stopped}; wrote {wrote}"
+        return "; ".join(parts) + f"{stopped}; wrote {', '.join(str(p) for p in self.written)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe's pieces
+
+
+def occupancy_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+    """Loss between predicted occupancy logits and true occupancy (0/1), both [B, N].
+
+    "bce": binary cross-entropy on the logits (gradients stay large on confidently wrong points);
+    "mse": the paper's mean squared error on sigmoid(logits).
+    """
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits.float(), target)
+    if kind == "mse":
+        return F.mse_loss(torch.sigmoid(logits.float()), target)
+    raise ValueError(f"loss must be 'bce' or 'mse', got {kind!r}")
+
+
+def learning_rate(step: int, total_steps: int, base: float, warmup: float = 0.0, schedule: str = "cosine") -> float:
+    """The learning rate at optimiser step `step` (0-based) of `total_steps`.
+
+    Linear warm-up from base/100 over the first `warmup` share of the steps, then "cosine" decay to
+    5% of `base` at the last step, or "constant" (the paper).
+    """
+    warm = warmup * total_steps
+    if step < warm:
+        return base * max((step + 1) / warm, 0.01)
+    if schedule == "constant":
+        return base
+    if schedule != "cosine":
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+    t = min(1.0, (step - warm) / max(1.0, total_steps - warm))
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,68 +173,139 @@ def train_ae(config: AEConfig, resume: bool = False, stop_after_epochs: int | No
         resume: continue from `out_dir/last.pt` (model, optimiser, level, epoch, RNG states).
         stop_after_epochs: stop (resumably) after this many epochs in this call, e.g. to fit a
             cluster's time slot.
-
-    Returns:
-        A RunSummary; checkpoints and logs are in `config.out_dir`.
     """
-    _check_levels(config)
-    with Run(config, "ae") as run:
-        keys = ["voxels", *(f"{kind}_{level}" for level in config.levels for kind in ("points", "values"))]
+    _check_ae_config(config)
+    runtime, log = _start(config, "ae")
+    try:
+        keys = ["voxels", *(f"{kind}_{level}" for level in {16, *config.levels} for kind in ("points", "values"))]
         train_data = _read_data(config.data, keys, "training data")
         val_data = _read_data(config.val_data, keys, "validation data") if config.val_data else None
+        voxel_format = _voxel_memory_format(runtime.device)
 
         torch.manual_seed(config.seed)  # the same initial weights in every process
-        model = IMNet(config.model).to(run.device)
+        model = IMNet(config.model).to(runtime.device)
+        model.voxel_encoder.to(memory_format=voxel_format)
         model.image_encoder.requires_grad_(False)  # trained later, by IM-SVR
         optimizer = torch.optim.Adam(_trainable(model), lr=config.lr, betas=(config.beta1, 0.999))
-        progress = run.restore(model, optimizer, config.model) if resume else run.start(config.seed)
-        net = run.distribute(model)
-
-        def loss_fn(batch: dict) -> torch.Tensor:
-            voxels, points, values = (batch[k].to(run.device, non_blocking=True) for k in ("voxels", "points", "values"))
-            return occupancy_loss(net(voxels, points), values)
-
-        def val_loss_fn(codes: torch.Tensor, batch: dict) -> torch.Tensor:
-            points, values = batch["points"].to(run.device), batch["values"].to(run.device)
-            return ((model.decoder(codes, points).float() - values) ** 2).mean(1)
+        steps_per_epoch = _steps_per_epoch(len(train_data), config.batch_shapes, runtime)
+        total_steps = steps_per_epoch * sum(config.epochs)
+        progress = _restore(runtime, log, model, optimizer, config, "ae") if resume else _fresh(runtime, log, config)
+        net = runtime.distribute(model)
+        first_epoch, losses = progress.epoch, []
 
         for level_index in range(progress.level_index, len(config.levels)):
             if level_index != progress.level_index:  # the next level starts from the weights so far
                 progress.level_index, progress.level_epoch = level_index, 0
             level, epochs = config.levels[level_index], config.epochs[level_index]
-            if progress.level_epoch >= epochs:
-                continue
-            train_set = AEDataset(train_data, level, config.points_per_shape)
-            val_set = AEDataset(val_data, level) if val_data is not None else None
-            for _ in range(progress.level_epoch, epochs):
+            dataset = AEDataset(train_data, level, config.points_per_shape, config.uniform_fraction)
+            while progress.level_epoch < epochs:
                 model.train()
                 model.image_encoder.eval()
-                loader = run.loader(train_set, config.batch_shapes, progress.epoch)
-                loss = run.train_epoch(loss_fn, loader, optimizer, progress, f"level {level} epoch {progress.level_epoch + 1}/{epochs}")
+                epoch_start, losses = time.perf_counter(), []
+                loader = _loader(dataset, config, runtime, progress.epoch)
+                for batch in _bar(loader, runtime, f"level {level} epoch {progress.level_epoch + 1}/{epochs}"):
+                    lr = learning_rate(progress.step, total_steps, config.lr, config.warmup, config.schedule)
+                    _set_lr(optimizer, lr)
+                    voxels = batch["voxels"].to(runtime.device, non_blocking=True).contiguous(memory_format=voxel_format)
+                    points, values = batch["points"].to(runtime.device), batch["values"].to(runtime.device)
+                    with autocast(runtime.device, runtime.precision):
+                        loss = occupancy_loss(net(voxels, points), values, config.loss)
+                    losses.append(_optimizer_step(optimizer, loss, runtime, progress, config.out_dir))
+                progress.epoch += 1
                 progress.level_epoch += 1
+
                 val = None
-                if val_set is not None and progress.epoch % config.val_every == 0:
-                    val = run.validate(model, lambda b: model.voxel_encoder(b["voxels"].to(run.device)),
-                                       val_set, val_loss_fn, torch.from_numpy(val_data.voxels))
-                stop = run.should_stop(stop_after_epochs)
-                run.end_epoch(model, optimizer, progress, loss, val, level, force_checkpoint=stop or progress.level_epoch == epochs)
+                last_of_level = progress.level_epoch == epochs
+                if val_data is not None and (progress.epoch % config.val_every == 0 or last_of_level):
+                    val = validate_ae(model, val_data, runtime, config.val_resolution, config.val_shapes,
+                                      level=level, loss=config.loss, train_data=train_data)
+                stop = stop_after_epochs is not None and progress.epoch - first_epoch >= stop_after_epochs
+                _end_epoch(runtime, log, model, optimizer, progress, config, "ae", losses, lr, val, level,
+                           time.perf_counter() - epoch_start, force_checkpoint=stop or last_of_level)
                 if stop:
-                    return run.summary(model, progress, stopped_early=True)
-        return run.summary(model, progress)
+                    return _summary(runtime, log, model, progress, "ae", losses, stopped_early=True)
+
+        diagnostics = {}
+        if val_data is not None and config.final_val_resolution:
+            diagnostics = validate_ae(model, val_data, runtime, config.final_val_resolution, config.final_val_shapes,
+                                      train_data=train_data, previews=False)
+            _write_diagnostics(runtime, log, "ae", diagnostics)
+        return _summary(runtime, log, model, progress, "ae", losses, diagnostics=diagnostics)
+    finally:
+        log.close()
+        runtime.stop()
 
 
-def occupancy_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between predicted and true occupancy (the paper's loss)."""
-    return F.mse_loss(predicted.float(), target)
+@torch.no_grad()
+def validate_ae(
+    model: IMNet,
+    data: ShapeData,
+    runtime: Runtime,
+    resolution: int = 32,
+    max_shapes: int = 0,
+    *,
+    level: int | None = None,
+    loss: str = "bce",
+    train_data: ShapeData | None = None,
+    previews: bool = True,
+) -> dict:
+    """IM-AE validation: lattice IoU of the auto-encoded shapes, code spread, loss at `level`'s points.
+
+    Returns {"val_iou", "train_iou" (with `train_data`), "val_loss" (with `level`), "code_spread",
+    "saturated_dims", "dead_dims", "resolution", "truth", "previews"}.
+    """
+    model.eval()
+    result = {"resolution": resolution}
+    for split, shapes in (("val", data), ("train", train_data)):
+        if shapes is None:
+            continue
+        rows = _rows(len(shapes), max_shapes)
+        codes = _encode_voxels(model, shapes, rows, runtime)
+        iou, truth_kind, pairs = _lattice_ious(model, codes, shapes, rows, resolution, runtime,
+                                               previews=previews and split == "val")
+        result[f"{split}_iou"] = iou
+        if split == "val":
+            result["truth"] = truth_kind
+            result["previews"] = pairs
+            stats = code_statistics(codes.cpu().numpy(), bounds=CODE_BOUNDS[model.config.code_activation]) if len(codes) > 1 else {}
+            result.update({f"code_{key}": value for key, value in stats.items()})
+            if level is not None:
+                result["val_loss"] = _ae_loss_on_points(model, codes, shapes, rows, level, loss, runtime)
+    return result
 
 
-def _check_levels(config: AEConfig) -> None:
+def _ae_loss_on_points(model, codes, shapes, rows, level, loss, runtime) -> float:
+    points = torch.from_numpy(shapes.points(level, rows)).to(runtime.device)
+    values = torch.from_numpy(shapes.values(level, rows)).to(runtime.device)
+    total = 0.0
+    for i in range(0, len(rows), 16):
+        with autocast(runtime.device, runtime.precision):
+            logits = model.decoder.logits(codes[i : i + 16], points[i : i + 16])
+        total += occupancy_loss(logits, values[i : i + 16], loss).item() * len(logits)
+    return total / max(len(rows), 1)
+
+
+def _check_ae_config(config: AEConfig) -> None:
     if not config.levels or any(level not in LEVELS for level in config.levels):
         raise SetupError(f"levels must be some of {LEVELS}, got {config.levels}")
     if list(config.levels) != sorted(set(config.levels)):
         raise SetupError(f"levels must increase (coarse to fine), got {config.levels}")
     if len(config.epochs) != len(config.levels):
         raise SetupError(f"give one epoch count per level: levels {config.levels}, epochs {config.epochs}")
+    if any(e < 1 for e in config.epochs):
+        raise SetupError(f"every level needs at least 1 epoch, got --epochs {_levels_text(config)}")
+    if not 0.0 <= config.uniform_fraction < 1.0:
+        raise SetupError(f"uniform_fraction must be in [0, 1), got {config.uniform_fraction}")
+    if config.loss not in ("bce", "mse"):
+        raise SetupError(f"loss must be 'bce' or 'mse', got {config.loss!r}")
+    for name in ("final_val_resolution",):
+        value = getattr(config, name)
+        if value and (value < 1 or 64 % value):
+            raise SetupError(f"{name} must divide 64 (1, 2, ..., 64) or be 0, got {value}")
+
+
+def _levels_text(config: AEConfig) -> str:
+    return ",".join(f"{level}:{epochs}" for level, epochs in zip(config.levels, config.epochs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,25 +325,18 @@ def extract_codes(
 
     Writes a `.npz` (see `imnet.datasets` for its keys): `train_codes` float32 [N, code_dim] and
     `train_names` for `data`, `val_codes` / `val_names` for `val_data` when given.
-
-    Returns:
-        `out`.
     """
-    device = _resolve_device(device)
+    runtime = _runtime(device, "fp32")  # codes are targets: computed once, in full precision
     model, _ = load_model(checkpoint)
-    encoder = model.voxel_encoder.to(device).eval()  # batch norm with its running statistics
+    model.to(runtime.device).eval()  # batch norm with its running statistics
     arrays: dict[str, np.ndarray] = {"checkpoint": np.array(str(checkpoint))}
     for split, path in (("train", data), ("val", val_data)):
         if not path:
             continue
         shapes = _read_data(path, ["voxels"], f"{split} data")
-        voxels = torch.from_numpy(shapes.voxels)
-        codes = [
-            encoder(voxels[i : i + batch_shapes, None].to(device).float()).float().cpu()
-            for i in range(0, len(voxels), batch_shapes)
-        ]
-        arrays[f"{split}_codes"] = torch.cat(codes).numpy()
-        arrays[f"{split}_names"] = np.array(shapes.names or [""] * len(voxels), dtype=str)
+        codes = _encode_voxels(model, shapes, range(len(shapes)), runtime, batch_shapes)
+        arrays[f"{split}_codes"] = codes.float().cpu().numpy()
+        arrays[f"{split}_names"] = np.array(shapes.names or [""] * len(shapes), dtype=str)
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
     return Path(out)
@@ -231,18 +351,17 @@ def train_svr(config: SVRConfig, resume: bool = False, stop_after_epochs: int | 
 
     The model (and its frozen decoder and voxel encoder) comes from `config.ae_checkpoint`; the
     targets from `config.codes` (`extract_codes`). Each epoch shows every shape once, from a random
-    one of its 24 views; validation uses view `config.val_view`.
+    one of its views; validation uses view `config.val_view`.
 
     Args and returns: as `train_ae`.
     """
-    with Run(config, "svr") as run:
-        train_data = _read_data(config.data, ["pixels"], "training data")
+    _check_svr_config(config)
+    runtime, log = _start(config, "svr")
+    try:
+        occupancy = config.occupancy_weight > 0
+        train_data = _read_data(config.data, ["pixels", *(["points_64", "values_64"] if occupancy else [])], "training data")
         val_data = _read_data(config.val_data, ["pixels", "voxels"], "validation data") if config.val_data else None
-        if not config.ae_checkpoint:
-            raise SetupError("IM-SVR starts from a trained IM-AE: give --ae-checkpoint")
-        model, _ = load_model(config.ae_checkpoint)
-        if not config.codes:
-            raise SetupError("IM-SVR regresses the AE's codes: give --codes (written by `python train.py codes`)")
+        model = _load_ae(config.ae_checkpoint)
         try:
             codes = read_codes(config.codes, "train", train_data)
             val_codes = read_codes(config.codes, "val", val_data, required=False) if val_data is not None else None
@@ -250,485 +369,417 @@ def train_svr(config: SVRConfig, resume: bool = False, stop_after_epochs: int | 
             raise SetupError(str(e)) from None
         if codes.shape[1] != model.config.code_dim:
             raise SetupError(f"{config.codes} holds {codes.shape[1]}-d codes; {config.ae_checkpoint} makes {model.config.code_dim}-d")
-        if config.pretrained_image_encoder and not resume:
-            try:
-                model.image_encoder.load_imagenet_weights(config.pretrained_image_encoder)
-            except (OSError, ValueError) as e:
-                raise SetupError(str(e)) from None
-        model.to(run.device)
+        torch.manual_seed(config.seed)
+        if not resume:
+            model.image_encoder.set_code_statistics(torch.from_numpy(codes))
+            if config.pretrained_image_encoder:
+                path = config.pretrained_image_encoder
+                try:
+                    state = load_weights_file(path, "ResNet-18 weights file (torchvision's resnet18 ImageNet .pth)")
+                    if not isinstance(state, dict):
+                        raise ValueError(f"{path} is not a state dict")
+                    model.image_encoder.load_imagenet_state(state, str(path))
+                except (OSError, ValueError) as e:
+                    raise SetupError(str(e)) from None
+        model.to(runtime.device)
+        model.image_encoder.to(memory_format=_image_memory_format(runtime.device))
         model.requires_grad_(False)
         model.image_encoder.requires_grad_(True)  # the decoder stays the AE's
         optimizer = torch.optim.Adam(_trainable(model), lr=config.lr, betas=(config.beta1, 0.999))
-        progress = run.restore(model, optimizer, model.config) if resume else run.start(config.seed)
-        net = run.distribute(model.image_encoder)
+        total_steps = _steps_per_epoch(len(train_data), config.batch_shapes, runtime) * config.epochs
+        progress = _restore(runtime, log, model, optimizer, config, "svr") if resume else _fresh(runtime, log, config)
+        net = runtime.distribute(model.image_encoder)
+        scale = model.image_encoder.code_scale  # regress standardised codes: every dimension counts alike
+        image_format = _image_memory_format(runtime.device)
+        dataset = SVRDataset(train_data, codes, view=None, augment=config.augment, train_views=config.train_views,
+                             points_per_shape=config.occupancy_points if occupancy else 0)
 
-        train_set = SVRDataset(train_data, codes, view=None, augment=config.augment, train_views=config.train_views)
-        val_set = SVRDataset(val_data, val_codes, view=config.val_view) if val_data is not None else None
-
-        def loss_fn(batch: dict) -> torch.Tensor:
-            images, targets = batch["image"].to(run.device, non_blocking=True), batch["code"].to(run.device, non_blocking=True)
-            return F.mse_loss(net(images).float(), targets)
-
-        def val_loss_fn(codes: torch.Tensor, batch: dict) -> torch.Tensor | None:
-            if val_codes is None:
-                return None
-            return ((codes.float() - batch["code"].to(run.device)) ** 2).mean(1)
-
+        first_epoch, losses, val = progress.epoch, [], None
         while progress.epoch < config.epochs:
             model.eval()
             model.image_encoder.train()
-            loader = run.loader(train_set, config.batch_shapes, progress.epoch)
-            loss = run.train_epoch(loss_fn, loader, optimizer, progress, f"epoch {progress.epoch + 1}/{config.epochs}")
+            epoch_start, losses = time.perf_counter(), []
+            for batch in _bar(_loader(dataset, config, runtime, progress.epoch), runtime, f"epoch {progress.epoch + 1}/{config.epochs}"):
+                lr = learning_rate(progress.step, total_steps, config.lr, config.warmup, config.schedule)
+                _set_lr(optimizer, lr)
+                images = batch["image"].to(runtime.device, non_blocking=True)
+                if progress.step < config.low_res_fraction * total_steps:
+                    images = F.interpolate(images, size=SVR_LOW_RES, mode="area")
+                images = images.contiguous(memory_format=image_format)
+                target = batch["code"].to(runtime.device, non_blocking=True)
+                with autocast(runtime.device, runtime.precision):
+                    predicted = net(images).float()
+                    loss = F.mse_loss(predicted / scale, target / scale)
+                    if occupancy:
+                        points, values = batch["points"].to(runtime.device), batch["values"].to(runtime.device)
+                        logits = model.decoder.logits(predicted, points)
+                        loss = loss + config.occupancy_weight * occupancy_loss(logits, values, "bce")
+                losses.append(_optimizer_step(optimizer, loss, runtime, progress, config.out_dir))
+            progress.epoch += 1
+
             val = None
-            if val_set is not None and progress.epoch % config.val_every == 0:
-                val = run.validate(model, lambda b: model.image_encoder(b["image"].to(run.device)),
-                                   val_set, val_loss_fn, torch.from_numpy(val_data.voxels))
-            stop = run.should_stop(stop_after_epochs)
-            run.end_epoch(model, optimizer, progress, loss, val, level=None, force_checkpoint=stop or progress.epoch == config.epochs)
+            last = progress.epoch == config.epochs
+            if val_data is not None and (progress.epoch % config.val_every == 0 or last):
+                val = validate_svr(model, val_data, val_codes, runtime, config.val_view, config.val_resolution,
+                                   config.val_shapes, identify=last)
+            stop = stop_after_epochs is not None and progress.epoch - first_epoch >= stop_after_epochs
+            _end_epoch(runtime, log, model, optimizer, progress, config, "svr", losses, lr, val, None,
+                       time.perf_counter() - epoch_start, force_checkpoint=stop or last)
             if stop:
-                return run.summary(model, progress, stopped_early=True)
-        return run.summary(model, progress)
+                return _summary(runtime, log, model, progress, "svr", losses, stopped_early=True)
+        diagnostics = {}
+        if val is not None:
+            diagnostics = {k: v for k, v in val.items() if k != "previews"}
+            _write_diagnostics(runtime, log, "svr", diagnostics)
+        return _summary(runtime, log, model, progress, "svr", losses, diagnostics=diagnostics)
+    finally:
+        log.close()
+        runtime.stop()
+
+
+@torch.no_grad()
+def validate_svr(
+    model: IMNet,
+    data: ShapeData,
+    codes: np.ndarray | None,
+    runtime: Runtime,
+    view: int = 0,
+    resolution: int = 32,
+    max_shapes: int = 0,
+    *,
+    identify: bool = True,
+) -> dict:
+    """IM-SVR validation from one view per shape: lattice IoU, code error vs the codes' spread,
+    and (with `identify`) self-match with pred-pred vs gt-gt IoU (`imnet.diagnostics`)."""
+    model.eval()
+    rows = _rows(len(data), max_shapes)
+    format_ = _image_memory_format(runtime.device)
+    predicted = []
+    for chunk in _chunks(rows, 32):
+        views = torch.from_numpy(np.asarray(data.pixels[chunk, view]))[:, None, 4:132, 4:132].float() / 255
+        with autocast(runtime.device, runtime.precision):
+            predicted.append(model.image_encoder(views.to(runtime.device).contiguous(memory_format=format_)).float())
+    predicted = torch.cat(predicted)
+    iou, truth_kind, pairs, grids = _lattice_ious(model, predicted, data, rows, resolution, runtime, previews=True, keep=True)
+    result = {"val_iou": iou, "truth": truth_kind, "resolution": resolution, "previews": pairs, "view": view}
+    if codes is not None:
+        error = code_error(predicted.cpu().numpy(), codes[list(rows)])
+        result.update({"code_mse": error["mse"], "code_mean_mse": error["mean_code_mse"], "code_error_ratio": error["ratio"]})
+    if identify and len(rows) > 1:
+        result.update(identification(grids[0], grids[1]))
+    return result
+
+
+def _check_svr_config(config: SVRConfig) -> None:
+    if not config.ae_checkpoint:
+        raise SetupError("IM-SVR starts from a trained IM-AE: give --ae-checkpoint")
+    if not config.codes:
+        raise SetupError("IM-SVR regresses the AE's codes: give --codes (written by `python train.py codes`)")
+    if config.epochs < 1:
+        raise SetupError(f"--epochs must be at least 1, got {config.epochs}")
+    if not 0.0 <= config.low_res_fraction <= 1.0:
+        raise SetupError(f"low_res_fraction must be in [0, 1], got {config.low_res_fraction}")
+    if config.occupancy_weight < 0 or config.occupancy_points < 0:
+        raise SetupError("occupancy_weight and occupancy_points must not be negative")
+
+
+def _load_ae(path: str) -> IMNet:
+    model, checkpoint = load_model(path)
+    if checkpoint.get("stage") != "ae":
+        raise SetupError(f"{path} is an IM-{str(checkpoint.get('stage')).upper()} checkpoint; IM-SVR starts from "
+                         "an IM-AE checkpoint (train.py ae)")
+    return model
 
 
 # ---------------------------------------------------------------------------------------------
-# What every run shares
+# What both stages share: start, data, steps, epochs' end, checkpoints
 
 
-class Run:
-    """Device, processes, data loading, the epoch loop's bookkeeping, checkpoints and logs of a run.
-
-    Use as a context manager: it joins the process group under torchrun and leaves it at the end.
-    """
-
-    def __init__(self, config: AEConfig | SVRConfig, stage: str):
-        if config.val_resolution < 1 or 64 % config.val_resolution:
-            raise SetupError(f"val_resolution must divide the 64^3 voxel grid (1, 2, 4, ..., 64), got {config.val_resolution}")
-        if config.batch_shapes < 1 or config.val_every < 1 or config.checkpoint_every < 1:
-            raise SetupError("batch_shapes, val_every and checkpoint_every must be at least 1")
-        self.config = config
-        self.stage = stage
-        self.out_dir = Path(config.out_dir)
-        self.rank, self.world_size, self.device = _init_processes(config.device)
-        self.is_main = self.rank == 0
-        self.amp = config.amp and self.device.type == "cuda"  # bfloat16 autocast, CUDA only
-        self.epochs_this_call = 0
-        self.last_loss = math.nan
-        self.writer = None
-        self.written: set[Path] = set()
-
-    def __enter__(self) -> Run:
-        if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            print(format_config(self.config))
-            processes = f", {self.world_size} processes" if self.world_size > 1 else ""
-            print(f"{self.stage}: training on {self.device}{processes}, writing to {self.out_dir}")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        if self.world_size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
-
-    # Data ------------------------------------------------------------------------------------
-
-    def loader(self, dataset: Dataset, batch_shapes: int, epoch: int) -> DataLoader:
-        """This process's share of `dataset`, shuffled anew each epoch (the same way in every process)."""
-        sampler = DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=self.config.seed)
-        sampler.set_epoch(epoch)
-        return DataLoader(dataset, batch_size=batch_shapes, sampler=sampler, num_workers=self.config.workers,
-                          pin_memory=self.device.type == "cuda")
-
-    # Training ----------------------------------------------------------------------------------
-
-    def start(self, seed: int) -> Progress:
-        """A fresh run. Data randomness differs between processes, reproducibly."""
-        if (self.out_dir / "last.pt").is_file():
-            raise SetupError(
-                f"{self.out_dir} already holds a run (last.pt); continue it with --resume, "
-                "or choose another --out-dir"
-            )
-        _seed_everything(seed + self.rank)
-        if self.is_main:
-            (self.out_dir / "metrics.csv").unlink(missing_ok=True)
-        return Progress()
-
-    def restore(self, model: IMNet, optimizer: torch.optim.Optimizer, expected: ModelConfig) -> Progress:
-        """Continue from last.pt: weights, optimiser, progress and RNG states."""
-        path = self.out_dir / "last.pt"
-        if not path.is_file():
-            raise SetupError(f"nothing to resume: {path} does not exist (start without --resume)")
-        loaded, checkpoint = load_model(path, expected)
-        if checkpoint.get("stage") != self.stage:
-            raise SetupError(f"{path} is a {checkpoint.get('stage')} checkpoint; cannot resume {self.stage} training from it")
-        model.load_state_dict(loaded.state_dict())
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        rng = checkpoint["rng"]
-        if len(rng) == self.world_size:
-            _set_rng_state(rng[self.rank], self.device)
-        else:
-            if self.is_main:
-                print(f"note: {path} was written by {len(rng)} processes, this run has {self.world_size}; "
-                      "random streams are reseeded, so results will differ from an uninterrupted run")
-            _seed_everything(self.config.seed + self.rank + 1000 * checkpoint["progress"]["epoch"])
-        progress = Progress(**checkpoint["progress"])
-        if self.is_main:
-            _truncate_csv(self.out_dir / "metrics.csv", progress.epoch)
-            print(f"resumed from {path} after epoch {progress.epoch} (step {progress.step})")
-        return progress
-
-    def distribute(self, module: nn.Module) -> nn.Module:
-        """`module` wrapped for data parallelism when there are several processes."""
-        if self.world_size == 1:
-            return module
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=device_ids)
-
-    def train_epoch(
-        self,
-        loss_fn: Callable[[dict], torch.Tensor],
-        loader: DataLoader,
-        optimizer: torch.optim.Optimizer,
-        progress: Progress,
-        desc: str,
-    ) -> float:
-        """One pass over `loader`; returns the mean loss (over steps and processes)."""
-        self.epoch_start = time.perf_counter()
-        total, steps = 0.0, 0
-        bar = tqdm(loader, desc=desc, disable=not self.is_main, leave=False, dynamic_ncols=True)
-        for batch in bar:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                loss = loss_fn(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            # Checked before the step, in every process alike, so no NaN ever reaches the weights.
-            # (One device sync per step: negligible next to a step of the paper-sized decoder.)
-            value = self._mean_over_processes(loss.detach().float()).item()
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"the training loss became {value} at epoch {progress.epoch + 1}, step {progress.step + 1}; "
-                    f"stopped. The last good checkpoint is {self.out_dir / 'last.pt'}. Try a lower --lr "
-                    "or --no-amp, then --resume"
-                )
-            optimizer.step()
-            progress.step += 1
-            total += value
-            steps += 1
-            bar.set_postfix(loss=f"{total / steps:.5f}")
-        progress.epoch += 1
-        self.epochs_this_call += 1
-        self.last_loss = total / max(steps, 1)
-        return self.last_loss
-
-    @torch.no_grad()
-    def validate(
-        self,
-        model: IMNet,
-        encode: Callable[[dict], torch.Tensor],
-        dataset: Dataset,
-        loss_fn: Callable[[torch.Tensor, dict], torch.Tensor | None],
-        voxels: torch.Tensor,
-    ) -> dict[str, Any]:
-        """Validation loss and occupancy IoU, each process taking every world_size-th shape.
-
-        Returns {"loss": float or None, "iou": float, "previews": [(truth, predicted) bool grids]}.
-        """
-        model.eval()
-        resolution = self.config.val_resolution
-        shard = Subset(dataset, range(self.rank, len(dataset), self.world_size))
-        sums = torch.zeros(4, dtype=torch.float64)  # loss sum, shapes with a loss, IoU sum, shapes with an IoU
-        previews = []
-        for batch in DataLoader(shard, batch_size=self.config.batch_shapes):
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                codes = encode(batch).float()
-                losses = loss_fn(codes, batch)
-            if losses is not None:
-                sums[0] += losses.double().sum().cpu()
-                sums[1] += len(losses)
-            truth = voxels_at_resolution(voxels[batch["index"]], resolution).numpy()
-            for code, true_grid in zip(codes, truth):
-                predicted = dense_grid(decoder_field(model.decoder, code), resolution) >= 0.5
-                iou = iou_occupancy(predicted, true_grid)
-                if not math.isnan(iou):
-                    sums[2] += iou
-                    sums[3] += 1
-                if len(previews) < N_PREVIEW_SHAPES:
-                    previews.append((true_grid, predicted))
-        sums = self._sum_over_processes(sums)
-        return {
-            "loss": (sums[0] / sums[1]).item() if sums[1] else None,
-            "iou": (sums[2] / sums[3]).item() if sums[3] else math.nan,
-            "previews": previews,
-        }
-
-    def end_epoch(
-        self,
-        model: IMNet,
-        optimizer: torch.optim.Optimizer,
-        progress: Progress,
-        train_loss: float,
-        val: dict | None,
-        level: int | None,
-        force_checkpoint: bool = False,
-    ) -> None:
-        """Log the epoch, then checkpoint it: last.pt, and best.pt when validation IoU improved."""
-        improved = val is not None and val["iou"] > progress.best_iou
-        if improved:
-            progress.best_iou = val["iou"]
-        if self.is_main:
-            self._log(progress, train_loss, val, level)
-        if force_checkpoint or improved or progress.epoch % self.config.checkpoint_every == 0:
-            self._checkpoint(model, optimizer, progress, best=improved)
-
-    def should_stop(self, stop_after_epochs: int | None) -> bool:
-        """Whether this call has done the epochs it was asked for."""
-        return stop_after_epochs is not None and self.epochs_this_call >= stop_after_epochs
-
-    def summary(self, model: nn.Module, progress: Progress, stopped_early: bool = False) -> RunSummary:
-        if self.world_size > 1:
-            digest = _parameter_digest_in_sync(model)
-            if self.is_main:
-                print(f"DDP: parameters identical in all {self.world_size} processes (sha256 {digest[:16]})")
-        return RunSummary(
-            stage=self.stage,
-            out_dir=self.out_dir,
-            epochs=progress.epoch,
-            train_loss=self.last_loss,
-            best_iou=progress.best_iou if progress.best_iou >= 0 else None,
-            written=sorted(self.written),
-            stopped_early=stopped_early,
-        )
-
-    # Checkpoints and logs ----------------------------------------------------------------------
-
-    def _checkpoint(self, model: IMNet, optimizer: torch.optim.Optimizer, progress: Progress, best: bool) -> None:
-        bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
-        if bad:  # cannot come from a NaN loss (checked per step), but an overflow could do it
-            raise TrainingDiverged(f"non-finite weights in {bad[:3]} after epoch {progress.epoch}; "
-                                   f"{self.out_dir / 'last.pt'} was kept as it was")
-        rng = self._gather(_rng_state(self.device))
-        if not self.is_main:
-            return
-        checkpoint = {
-            "stage": self.stage,
-            "model_config": config_to_dict(model.config),
-            "config": config_to_dict(self.config),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "progress": asdict(progress),
-            "rng": rng,
-        }
-        names = ["last.pt", "best.pt"] if best else ["last.pt"]
-        for name in names:
-            save_checkpoint(self.out_dir / name, checkpoint)
-            self.written.add(self.out_dir / name)
-
-    def _log(self, progress: Progress, train_loss: float, val: dict | None, level: int | None) -> None:
-        seconds = time.perf_counter() - self.epoch_start
-        row = {
-            "epoch": progress.epoch,
-            "level": level if level is not None else "",
-            "step": progress.step,
-            "train_loss": f"{train_loss:.9g}",
-            "val_loss": f"{val['loss']:.9g}" if val and val["loss"] is not None else "",
-            "val_iou": f"{val['iou']:.6f}" if val else "",
-            "seconds": f"{seconds:.2f}",
-        }
-        path = self.out_dir / "metrics.csv"
-        new = not path.is_file()
-        with open(path, "a", newline="") as f:
-            out = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-            if new:
-                out.writeheader()
-            out.writerow(row)
-        self.written.add(path)
-
-        writer = self._writer(progress.step)
-        writer.add_scalar("train/loss", train_loss, progress.step)
-        if level is not None:
-            writer.add_scalar("train/level", level, progress.step)
-        if val:
-            writer.add_scalar("val/iou", val["iou"], progress.step)
-            if val["loss"] is not None:
-                writer.add_scalar("val/loss", val["loss"], progress.step)
-            if val["previews"]:
-                writer.add_image("val/depth_truth_vs_predicted", preview_image(val["previews"]), progress.step)
-        writer.flush()
-
-        parts = [f"epoch {progress.epoch}"] + ([f"level {level}"] if level is not None else [])
-        parts.append(f"train loss {train_loss:.6f}")
-        if val:
-            parts += ([f"val loss {val['loss']:.6f}"] if val["loss"] is not None else []) + [f"val IoU {val['iou']:.4f}"]
-        tqdm.write("  ".join(parts))
-
-    def _writer(self, step: int):
-        if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
-
-            # purge_step drops events a crashed run logged after its last checkpoint.
-            self.writer = SummaryWriter(self.out_dir / "tensorboard", purge_step=step)
-            self.written.add(self.out_dir / "tensorboard")
-        return self.writer
-
-    # Process group helpers ---------------------------------------------------------------------
-
-    def _mean_over_processes(self, value: torch.Tensor) -> torch.Tensor:
-        if self.world_size > 1:
-            dist.all_reduce(value)  # a sum: gloo has no average
-            value = value / self.world_size
-        return value
-
-    def _sum_over_processes(self, value: torch.Tensor) -> torch.Tensor:
-        if self.world_size > 1:
-            on_device = value.to(self.device)
-            dist.all_reduce(on_device)
-            value = on_device.cpu()
-        return value
-
-    def _gather(self, obj: Any) -> list:
-        if self.world_size == 1:
-            return [obj]
-        gathered = [None] * self.world_size
-        dist.all_gather_object(gathered, obj)
-        return gathered
-
-
-def voxels_at_resolution(voxels: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Ground-truth occupancy on a coarser grid: 0/1 voxels [B, 64, 64, 64] -> bool [B, R, R, R].
-
-    A cell is inside when at least half of its voxels are: what a field sampled at the cell centre
-    should say. (Max-pooling instead would mark every cell that a thin part touches, which no field
-    sampled at cell centres can match.)
-    """
-    size = voxels.shape[-1]
-    if resolution < 1 or size % resolution:
-        raise ValueError(f"resolution must divide the voxel grid size {size}, got {resolution}")
-    factor = size // resolution
-    if factor == 1:
-        return voxels.bool()
-    return F.avg_pool3d(voxels[:, None].float(), factor)[:, 0] >= 0.5
-
-
-def preview_image(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Depth images of (truth, predicted) occupancy grids side by side, one shape per row.
-
-    Grids are bool [R, R, R] indexed [x, y, z]; the view looks along the z axis, y up.
-    Returns float32 [1, rows * R, 2 * R] in [0, 1] (CHW, for TensorBoard).
-    """
-    rows = []
-    for pair in pairs:
-        row = []
-        for grid in pair:
-            hit = grid.any(axis=2)
-            depth = np.argmax(grid[:, :, ::-1], axis=2)  # cells from the +z side to the first inside one
-            shade = np.where(hit, 1 - 0.8 * depth / grid.shape[2], 0.0)
-            row.append(shade.T[::-1])  # rows y (up first), columns x
-        rows.append(np.concatenate(row, axis=1))
-    return np.concatenate(rows, axis=0)[None].astype(np.float32)
-
-
-# ---------------------------------------------------------------------------------------------
-# Devices, processes, randomness
-
-
-def _init_processes(device_name: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) of this process; joins the process group under torchrun."""
-    device = _resolve_device(device_name)
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if world_size == 1:
-        return 0, 1, device
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
-    elif device.type == "cpu":
-        dist.init_process_group("gloo")
-    else:
-        raise SetupError(f"several processes need --device cpu or cuda, not {device.type}")
-    return rank, world_size, device
-
-
-def _resolve_device(name: str) -> torch.device:
+def _start(config: AEConfig | SVRConfig, stage: str) -> tuple[Runtime, RunLog]:
+    for name in ("batch_shapes", "val_every", "checkpoint_every"):
+        if getattr(config, name) < 1:
+            raise SetupError(f"{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if config.val_resolution < 1 or 64 % config.val_resolution:
+        raise SetupError(f"val_resolution must divide 64 (1, 2, 4, ..., 64), got {config.val_resolution}")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise SetupError(f"--lr must be a positive number, got {config.lr}")
+    if not 0.0 <= config.beta1 < 1.0:
+        raise SetupError(f"--beta1 must be in [0, 1), got {config.beta1}")
+    if not 0.0 <= config.warmup < 1.0:
+        raise SetupError(f"--warmup must be in [0, 1), got {config.warmup}")
+    if config.schedule not in ("cosine", "constant"):
+        raise SetupError(f"--schedule must be cosine or constant, got {config.schedule!r}")
+    runtime = _runtime(config.device, config.precision)
+    out_dir = Path(config.out_dir)
     try:
-        return resolve_device(name)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise SetupError(f"--out-dir {out_dir} is a file, not a folder")
+        runtime.lock(out_dir)
+    except (RunFolderBusy, OSError) as e:
+        runtime.stop()
+        raise SetupError(str(e)) from None
+    log = RunLog(out_dir, CSV_COLUMNS, enabled=runtime.is_main)
+    if runtime.is_main:
+        print(format_config(config))
+        processes = f", {runtime.world_size} processes" if runtime.world_size > 1 else ""
+        print(f"{stage}: training on {runtime.device} in {runtime.precision}{processes}, writing to {out_dir}")
+    return runtime, log
+
+
+def _runtime(device: str, precision: str) -> Runtime:
+    try:
+        return Runtime.start(device, precision)
     except ValueError as e:
         raise SetupError(str(e)) from None
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # CPU and every CUDA device
+def _fresh(runtime: Runtime, log: RunLog, config: AEConfig | SVRConfig) -> Progress:
+    """A new run. Data randomness differs between processes, reproducibly."""
+    if (Path(config.out_dir) / "last.pt").is_file():
+        raise SetupError(f"{config.out_dir} already holds a run (last.pt); continue it with --resume, or choose another --out-dir")
+    runtime.seed(config.seed + runtime.rank)
+    log.start_fresh()
+    return Progress()
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    """This process's RNG states as tensors and plain values (loadable with weights_only=True)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    state = {
-        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
-    if device.type == "cuda":  # this process's GPU only: touching the others would start a context on each
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    elif device.type == "mps":
-        state["mps"] = torch.mps.get_rng_state()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    python = state["python"]
-    random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss_next"]))
-    numpy = state["numpy"]
-    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
-                         numpy["has_gauss"], numpy["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-    elif device.type == "mps" and "mps" in state:
-        torch.mps.set_rng_state(state["mps"])
-
-
-def _parameter_digest_in_sync(model: nn.Module) -> str:
-    """sha256 of the parameters, checked to be the same in every process."""
-    digest = hashlib.sha256()
-    for p in model.parameters():
-        digest.update(p.detach().cpu().numpy().tobytes())
-    digests = [None] * dist.get_world_size()
-    dist.all_gather_object(digests, digest.hexdigest())
-    if len(set(digests)) != 1:
-        raise RuntimeError(f"DDP replicas diverged: parameter digests differ between processes: {digests}")
-    return digests[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# Files
+def _restore(runtime: Runtime, log: RunLog, model: IMNet, optimizer, config, stage: str) -> Progress:
+    """Continue from last.pt: weights, optimiser, progress and RNG states."""
+    path = Path(config.out_dir) / "last.pt"
+    if not path.is_file():
+        raise SetupError(f"nothing to resume: {path} does not exist (start without --resume)")
+    loaded, checkpoint = load_model(path, expected=model.config)
+    if checkpoint.get("stage") != stage:
+        raise SetupError(f"{path} is a {checkpoint.get('stage')} checkpoint; cannot resume {stage} training from it")
+    model.load_state_dict(loaded.state_dict())
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    progress = Progress(**checkpoint["progress"])
+    rng = checkpoint["rng"]
+    if len(rng) == runtime.world_size:
+        runtime.set_rng_state(rng[runtime.rank])
+    else:
+        if runtime.is_main:
+            print(f"note: {path} was written by {len(rng)} processes, this run has {runtime.world_size}; "
+                  "random streams are reseeded, so results will differ from an uninterrupted run")
+        runtime.seed(config.seed + runtime.rank + 1000 * progress.epoch)
+    log.purge_step = progress.step
+    log.truncate(progress.epoch)
+    if runtime.is_main:
+        print(f"resumed from {path} after epoch {progress.epoch} (step {progress.step})")
+    return progress
 
 
 def _read_data(path: str | os.PathLike, keys: list[str], what: str) -> ShapeData:
     if not path:
         raise SetupError(f"no {what} file given")
     try:
-        return load_shapes(path, keys)
+        return load_shapes(path, keys, optional=("occupancy_64",))  # the validation lattice, where present
     except (OSError, ValueError, KeyError) as e:
         reason = e.args[0] if isinstance(e, KeyError) else e  # str(KeyError) adds quotes
         raise SetupError(f"cannot read the {what}: {reason}") from None
+
+
+def _loader(dataset: Dataset, config, runtime: Runtime, epoch: int) -> DataLoader:
+    """This process's share of `dataset`, shuffled anew each epoch (the same way in every process)."""
+    sampler = DistributedSampler(dataset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=True, seed=config.seed)
+    sampler.set_epoch(epoch)
+    return DataLoader(dataset, batch_size=config.batch_shapes, sampler=sampler, num_workers=config.workers,
+                      pin_memory=runtime.device.type == "cuda")
+
+
+def _steps_per_epoch(n_shapes: int, batch_shapes: int, runtime: Runtime) -> int:
+    return math.ceil(math.ceil(n_shapes / runtime.world_size) / batch_shapes)
+
+
+def _bar(loader: DataLoader, runtime: Runtime, desc: str):
+    return tqdm(loader, desc=desc, disable=not runtime.is_main, leave=False, dynamic_ncols=True)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _optimizer_step(optimizer, loss: torch.Tensor, runtime: Runtime, progress: Progress, out_dir) -> float:
+    """Backward and step; a NaN/inf loss stops the run before it reaches the weights."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    # Checked before the step, in every process alike (one device sync per step).
+    value = runtime.mean(loss.detach().float()).item()
+    if not math.isfinite(value):
+        last = Path(out_dir) / "last.pt"
+        where = (f"The last good checkpoint is {last}; try a lower --lr, then --resume" if last.is_file() else
+                 f"No checkpoint was written yet (the first one comes at the end of epoch 1); try a lower --lr and start again")
+        raise TrainingDiverged(f"the training loss became {value} at epoch {progress.epoch + 1}, step {progress.step + 1}; stopped. {where}")
+    optimizer.step()
+    progress.step += 1
+    return value
+
+
+def _end_epoch(runtime, log, model, optimizer, progress, config, stage, losses, lr, val, level, seconds, force_checkpoint):
+    """Log the epoch, then checkpoint it: last.pt, and best.pt when validation IoU improved."""
+    improved = val is not None and val["val_iou"] > progress.best_iou
+    if improved:
+        progress.best_iou = val["val_iou"]
+    train_loss = float(np.mean(losses)) if losses else math.nan
+    row = {"epoch": progress.epoch, "level": level if level is not None else "", "step": progress.step,
+           "lr": lr, "train_loss": train_loss, "seconds": round(seconds, 2)}
+    if val is not None:
+        row.update({"val_loss": val.get("val_loss"), "val_iou": val["val_iou"], "train_iou": val.get("train_iou"),
+                    "val_code_spread": val.get("code_spread"), "val_code_error_ratio": val.get("code_error_ratio"),
+                    "val_self_match": val.get("self_match")})
+    parts = [f"epoch {progress.epoch}"] + ([f"level {level}"] if level is not None else []) + [f"train loss {train_loss:.5f}"]
+    if val is not None:
+        parts.append(f"val IoU {val['val_iou']:.4f}")
+        for key, label in (("train_iou", "train IoU"), ("code_spread", "code spread"),
+                           ("code_error_ratio", "code error / spread"), ("self_match", "self-match")):
+            if val.get(key) is not None:
+                parts.append(f"{label} {val[key]:.3f}")
+    log.row(row, progress.step, "  ".join(parts))
+    if val is not None and val.get("previews"):
+        log.images("val/depth_truth_vs_predicted", preview_image(val["previews"]), progress.step)
+    if force_checkpoint or improved or progress.epoch % config.checkpoint_every == 0:
+        _checkpoint(runtime, log, model, optimizer, progress, config, stage, best=improved)
+
+
+def _checkpoint(runtime, log, model: IMNet, optimizer, progress: Progress, config, stage: str, best: bool) -> None:
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:  # cannot come from a NaN loss (checked per step), but an overflow could do it
+        raise TrainingDiverged(f"non-finite weights in {bad[:3]} after epoch {progress.epoch}; "
+                               f"{Path(config.out_dir) / 'last.pt'} was kept as it was")
+    rng = runtime.gather(runtime.rng_state())
+    if not runtime.is_main:
+        return
+    checkpoint = {
+        "stage": stage,
+        "model_config": config_to_dict(model.config),
+        "config": {**config_to_dict(config), "precision_used": runtime.precision},
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "progress": asdict(progress),
+        "rng": rng,
+    }
+    for name in (["last.pt", "best.pt"] if best else ["last.pt"]):
+        save_checkpoint(Path(config.out_dir) / name, checkpoint)
+        log.written.add(Path(config.out_dir) / name)
+
+
+def _write_diagnostics(runtime: Runtime, log: RunLog, stage: str, diagnostics: dict) -> None:
+    if runtime.is_main:
+        path = log.out_dir / "diagnostics.json"
+        plain = {k: v for k, v in diagnostics.items() if k != "previews"}
+        write_atomic(path, json.dumps({"stage": stage, **plain}, indent=2) + "\n")
+        log.written.add(path)
+
+
+def _summary(runtime, log, model, progress, stage, losses, diagnostics=None, stopped_early=False) -> RunSummary:
+    if runtime.world_size > 1:
+        digest = runtime.parameters_in_sync(model)
+        if runtime.is_main:
+            print(f"DDP: parameters identical in all {runtime.world_size} processes (sha256 {digest[:16]})")
+    return RunSummary(
+        stage=stage,
+        out_dir=log.out_dir,
+        epochs=progress.epoch,
+        train_loss=float(np.mean(losses)) if losses else math.nan,
+        best_iou=progress.best_iou if progress.best_iou >= 0 else None,
+        diagnostics={k: v for k, v in (diagnostics or {}).items() if k != "previews"},
+        written=sorted(log.written),
+        stopped_early=stopped_early,
+    )
 
 
 def _trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _truncate_csv(path: Path, epoch: int) -> None:
-    """Drop rows logged after `epoch` (by a run that crashed before its next checkpoint)."""
-    if not path.is_file():
-        return
-    with open(path, newline="") as f:
-        rows = [row for row in csv.DictReader(f) if int(row["epoch"]) <= epoch]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        out = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        out.writeheader()
-        out.writerows(rows)
+# ---------------------------------------------------------------------------------------------
+# Validation helpers: encodings, lattice IoU
+
+
+def _rows(n: int, max_shapes: int) -> range:
+    return range(min(n, max_shapes) if max_shapes else n)
+
+
+def _chunks(rows: range, size: int):
+    for start in range(0, len(rows), size):
+        yield np.asarray(rows[start : start + size])
+
+
+def _encode_voxels(model: IMNet, shapes: ShapeData, rows: range, runtime: Runtime, batch: int = 32) -> torch.Tensor:
+    format_ = _voxel_memory_format(runtime.device)
+    codes = []
+    for chunk in _chunks(rows, batch):
+        voxels = torch.from_numpy(np.asarray(shapes.voxels[chunk])).float()[:, None]
+        with autocast(runtime.device, runtime.precision):
+            codes.append(model.voxel_encoder(voxels.to(runtime.device).contiguous(memory_format=format_)).float())
+    return torch.cat(codes)
+
+
+def _lattice_ious(model, codes, shapes, rows, resolution, runtime, previews=False, keep=False):
+    """Mean IoU of the decoder's occupancy for `codes` on the validation lattice, shape by shape.
+
+    Returns (mean IoU, truth kind, preview pairs[, (predicted [M, P], truth [M, P]) bool arrays]).
+    The truth is `occupancy_64` on its `resolution`^3 sub-lattice when the file has it, else the
+    max-pooled voxels at the same points (biased low; said in "truth").
+    """
+    truth_grids, kind = _truth_grids(shapes, rows, resolution)
+    step = 64 // resolution
+    points = lattice_points(64)[::step, ::step, ::step]
+    if kind == "voxels_max_pooled":  # cell centres of the pooled grid
+        axis = (np.arange(resolution, dtype=np.float32) + 0.5) / resolution - 0.5
+        points = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1)
+    ious, pairs, kept = [], [], ([], [])
+    for code, truth in zip(codes, truth_grids):
+        predicted = _lattice_occupancy(model, code, points, resolution, runtime)
+        union = (predicted | truth).sum()
+        ious.append((predicted & truth).sum() / union if union else 1.0)
+        if previews and len(pairs) < N_PREVIEW_SHAPES:
+            pairs.append((truth, predicted))
+        if keep:
+            kept[0].append(predicted.reshape(-1))
+            kept[1].append(truth.reshape(-1))
+    mean = float(np.mean(ious)) if ious else math.nan
+    if keep:
+        return mean, kind, pairs, (np.stack(kept[0]), np.stack(kept[1]))
+    return mean, kind, pairs
+
+
+def _truth_grids(shapes: ShapeData, rows: range, resolution: int) -> tuple[np.ndarray, str]:
+    chunk = np.asarray(rows)
+    step = 64 // resolution
+    if shapes.occupancy_64 is not None:
+        return np.asarray(shapes.occupancy_64[chunk])[:, ::step, ::step, ::step].astype(bool), "occupancy_64"
+    voxels = torch.from_numpy(np.asarray(shapes.voxels[chunk])).float()
+    if step > 1:
+        voxels = F.avg_pool3d(voxels[:, None], step)[:, 0]
+    return (voxels >= 0.5).numpy(), "voxels_max_pooled"
+
+
+def _lattice_occupancy(model: IMNet, code: torch.Tensor, points: np.ndarray, resolution: int, runtime: Runtime) -> np.ndarray:
+    """bool [R, R, R]: the decoder at the lattice `points` [R, R, R, 3] (> 0.5 inside)."""
+    terms = model.decoder.code_terms(code[None])
+
+    def field(p: np.ndarray) -> np.ndarray:
+        with autocast(runtime.device, runtime.precision):
+            x = torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32)).to(runtime.device)[None]
+            return model.decoder.forward_terms(x, terms)[0].float().cpu().numpy()
+
+    if resolution < 64:  # small: every lattice point
+        flat = points.reshape(-1, 3)
+        values = np.concatenate([field(flat[i : i + 65536]) for i in range(0, len(flat), 65536)])
+        return values.reshape(points.shape[:3]) > 0.5
+    # 64^3: coarse-to-fine on the lattice, a grid whose cell centres are shifted by half a 256^3 voxel
+    offset = np.float32(0.5 / GRID) if np.isclose(points[0, 0, 0, 0], -0.5 + 2.5 / GRID) else np.float32(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an empty field is a result here, not a warning
+        values, _ = coarse_to_fine_grid(lambda p: field(p + offset), resolution)
+    return values > 0.5
+
+
+def _voxel_memory_format(device: torch.device) -> torch.memory_format:
+    # Measured on CPU: 3D convolutions train 1.6x faster in channels-last (NDHWC) layout.
+    return torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+
+
+def _image_memory_format(device: torch.device) -> torch.memory_format:
+    return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format

@@ -4,31 +4,54 @@ import pytest
 import torch
 import torchvision
 
+from imnet.checkpoint import CheckpointError, load_weights_file
+
 from imnet.config import ModelConfig
-from imnet.model import Decoder, IMNet, ImageEncoder, VoxelEncoder
+from imnet.model import Decoder, IMNet, ImageEncoder, PointEncoding, VoxelEncoder
 
 SMALL = ModelConfig(code_dim=32, decoder_widths=(64, 64, 32), voxel_channels=(8, 8, 16, 16))
 
 
-@pytest.mark.parametrize("norm", ["batch", "instance"])
-def test_voxel_encoder_maps_64_cubed_voxels_to_codes_in_0_1(norm):
+@pytest.mark.parametrize("norm", ["batch", "instance", "none"])
+def test_voxel_encoder_maps_64_cubed_voxels_to_codes(norm):
     torch.manual_seed(0)
-    encoder = VoxelEncoder(code_dim=32, channels=(8, 8, 16, 16), norm=norm)
-    codes = encoder((torch.rand(2, 1, 64, 64, 64) > 0.5).float())
-    assert codes.shape == (2, 32)
-    assert ((codes > 0) & (codes < 1)).all()
+    voxels = (torch.rand(2, 1, 64, 64, 64) > 0.5).float()
+    codes = VoxelEncoder(code_dim=32, channels=(8, 8, 16, 16), norm=norm)(voxels)
+    assert codes.shape == (2, 32) and (codes < 0).any()  # linear codes (the default)
+    paper = VoxelEncoder(code_dim=32, channels=(8, 8, 16, 16), norm=norm, code_activation="sigmoid")(voxels)
+    assert ((paper > 0) & (paper < 1)).all()
 
 
-def test_voxel_encoder_rejects_unknown_norm():
-    with pytest.raises(ValueError, match="norm must be 'batch' or 'instance'"):
+def test_voxel_encoder_rejects_unknown_settings():
+    with pytest.raises(ValueError, match="norm must be 'batch', 'instance' or 'none'"):
         VoxelEncoder(norm="layer")
+    with pytest.raises(ValueError, match="code_activation must be one of"):
+        VoxelEncoder(code_activation="relu")
 
 
-def test_image_encoder_maps_128_gray_images_to_codes_in_0_1():
+def test_image_encoder_maps_128_gray_images_to_standardised_codes():
     torch.manual_seed(0)
-    codes = ImageEncoder(code_dim=32).eval()(torch.rand(2, 1, 128, 128))
-    assert codes.shape == (2, 32)
-    assert ((codes > 0) & (codes < 1)).all()
+    encoder = ImageEncoder(code_dim=32).eval()
+    raw = encoder(torch.rand(2, 1, 128, 128))
+    assert raw.shape == (2, 32)
+    targets = torch.randn(100, 32) * torch.linspace(0.1, 3, 32) + 5
+    encoder.set_code_statistics(targets)  # outputs = mean + spread * network output
+    torch.testing.assert_close(encoder(torch.rand(2, 1, 128, 128) * 0 + 0.5),
+                               targets.mean(0) + targets.std(0) * encoder.net(torch.full((2, 1, 128, 128), 0.5)))
+    paper = ImageEncoder(code_dim=32, code_activation="sigmoid").eval()(torch.rand(2, 1, 128, 128))
+    assert ((paper > 0) & (paper < 1)).all()
+
+
+def test_point_encoding_is_fourier_features():
+    encoding = PointEncoding(octaves=2)
+    p = torch.tensor([[0.25, -0.5, 0.0]])
+    out = encoding(p)
+    assert out.shape == (1, 3 + 6 * 2) and encoding.out_dim == 15
+    torch.testing.assert_close(out[0, :3], p[0])
+    angles = torch.tensor([0.25 * torch.pi, 0.5 * torch.pi, -0.5 * torch.pi, -torch.pi, 0.0, 0.0])
+    torch.testing.assert_close(out[0, 3:9], torch.sin(angles))
+    torch.testing.assert_close(out[0, 9:], torch.cos(angles))
+    assert PointEncoding(0)(p) is p
 
 
 @pytest.mark.parametrize("skips", [True, False])
@@ -89,7 +112,8 @@ def test_image_encoder_loads_a_local_imagenet_state_dict(tmp_path):
     path = tmp_path / "resnet18-imagenet.pth"
     torch.save(imagenet.state_dict(), path)
 
-    encoder = ImageEncoder(code_dim=32, pretrained_path=path)
+    encoder = ImageEncoder(code_dim=32)
+    encoder.load_imagenet_state(load_weights_file(path), str(path))
     # A gray image is R = G = B, so the RGB filters summed over colour see it as the RGB net would.
     torch.testing.assert_close(encoder.net.conv1.weight, imagenet.conv1.weight.sum(dim=1, keepdim=True))
     torch.testing.assert_close(encoder.net.layer4[1].conv2.weight, imagenet.layer4[1].conv2.weight)
@@ -102,8 +126,12 @@ def test_image_encoder_loads_a_local_imagenet_state_dict(tmp_path):
 
 
 def test_image_encoder_pretrained_errors_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
-        ImageEncoder(pretrained_path=tmp_path / "missing.pth")
+    with pytest.raises(CheckpointError, match="missing.pth"):
+        load_weights_file(tmp_path / "missing.pth", "ResNet-18 weights file")
+    (tmp_path / "garbage.pth").write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="garbage.pth is not a readable ResNet-18 weights file") as error:
+        load_weights_file(tmp_path / "garbage.pth", "ResNet-18 weights file")
+    assert "weights_only=False" not in str(error.value) and "\n" not in str(error.value)
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "something.else": torch.zeros(1)}, tmp_path / "other.pth")
-    with pytest.raises(ValueError, match="not a ResNet-18 state dict"):
-        ImageEncoder(pretrained_path=tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="other.pth is not a ResNet-18 state dict"):
+        ImageEncoder().load_imagenet_state(load_weights_file(tmp_path / "other.pth"), str(tmp_path / "other.pth"))

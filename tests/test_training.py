@@ -23,15 +23,16 @@ from imnet.checkpoint import CheckpointError, load_checkpoint, load_model
 from imnet.config import AEConfig, ModelConfig, SVRConfig, config_to_dict
 from imnet.datafile import open_datafile, write_datafile
 from imnet.datasets import AEDataset, SVRDataset, jitter_view, read_codes
-from imnet.sampling import downsample_voxels, sample_points
+from imnet.runlog import preview_image
+from imnet.sampling import downsample_voxels, lattice_occupancy, lattice_points, sample_points
 from imnet.training import (
     SetupError,
     TrainingDiverged,
     extract_codes,
-    preview_image,
+    learning_rate,
+    occupancy_loss,
     train_ae,
     train_svr,
-    voxels_at_resolution,
 )
 from imnet.voxelize import voxelize_solid
 
@@ -61,6 +62,7 @@ def shapes_file(tmp_path_factory) -> Path:
         solid = solid128.repeat(2, 0).repeat(2, 1).repeat(2, 2)
         record = sample_points(solid, np.random.default_rng(i))
         record["voxels"] = downsample_voxels(solid, 64)
+        record["occupancy_64"] = lattice_occupancy(solid, 64)
         record["pixels"] = stand_in_views(record["voxels"])
         records.append(record)
         names.append(f"04256520/synthetic_sofa_{i:04d}")
@@ -71,7 +73,7 @@ def ae_config(shapes_file, out_dir, **changes) -> AEConfig:
     config = AEConfig(
         data=str(shapes_file), val_data=str(shapes_file), out_dir=str(out_dir), model=TINY,
         levels=(16, 32), epochs=(2, 2), batch_shapes=4, points_per_shape=256, lr=1e-3,
-        device="cpu", val_resolution=16, seed=3,
+        device="cpu", val_every=1, val_resolution=16, final_val_resolution=16, seed=3,
     )
     return dataclasses.replace(config, **changes)
 
@@ -168,18 +170,36 @@ def test_datasets_split_across_processes_with_a_distributed_sampler(shapes_file)
     assert sorted(shares[0] + shares[1]) == list(range(N_SHAPES))
 
 
-def test_validation_ground_truth_and_previews():
-    voxels = torch.zeros(1, 64, 64, 64)
-    voxels[0, :32] = 1  # x < 0 half
-    voxels[0, 40, 10, 10] = 1  # a single voxel: less than half of any coarse cell
-    truth = voxels_at_resolution(voxels, 16)
-    assert truth.shape == (1, 16, 16, 16)
-    assert truth[0, :8].all() and not truth[0, 8:].any()
-    assert torch.equal(voxels_at_resolution(voxels, 64), voxels.bool())
-
-    image = preview_image([(truth[0].numpy(), np.zeros((16, 16, 16), bool))])
+def test_preview_images_show_truth_beside_prediction():
+    truth = np.zeros((16, 16, 16), bool)
+    truth[:8] = True  # x < 0 half
+    image = preview_image([(truth, np.zeros((16, 16, 16), bool))])
     assert image.shape == (1, 16, 32)
     assert image[0, :, :8].min() > 0 and image[0, :, 8:].max() == 0  # truth: left half seen; prediction empty
+
+
+def test_validation_lattice_is_exact_where_max_pooled_voxels_are_not(shapes_file):
+    """The lattice labels are the 256^3 solid itself; the max-pooled voxels are dilated."""
+    data = open_datafile(shapes_file)
+    solid = voxelize_solid(generate_shape("sofa", seed=0), resolution=128).repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    np.testing.assert_array_equal(data.occupancy_64[0], solid[2::4, 2::4, 2::4])
+    assert data.occupancy_64[0].sum() < data.voxels[0].sum()  # max-pooling only ever adds
+    points = lattice_points(64)
+    np.testing.assert_allclose(points[3, 5, 7], (np.array([3, 5, 7]) * 4 + 2.5) / 256 - 0.5)
+
+
+def test_recipe_pieces():
+    logits = torch.tensor([[-20.0, 0.0, 20.0]])
+    target = torch.tensor([[0.0, 1.0, 1.0]])
+    assert occupancy_loss(logits, target, "bce").item() == pytest.approx(np.log(2) / 3, rel=1e-4)
+    assert occupancy_loss(logits, target, "mse").item() == pytest.approx(0.25 / 3, rel=1e-4)
+    with pytest.raises(ValueError, match="bce"):
+        occupancy_loss(logits, target, "l1")
+    rates = [learning_rate(step, 100, 1e-3, warmup=0.1) for step in range(100)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)  # linear warm-up
+    assert max(rates) == pytest.approx(1e-3) and rates[-1] == pytest.approx(5e-5, rel=0.01)  # cosine to 5%
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+    assert learning_rate(50, 100, 1e-3, schedule="constant") == 1e-3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,28 +217,28 @@ def one_thread():
 
 @pytest.mark.slow
 def test_ae_overfits_8_generated_shapes(shapes_file, tmp_path, one_thread):
-    """The whole IM-AE loop learns: IoU >= 0.9 at 32^3 on the shapes it was trained on."""
+    """The whole IM-AE loop learns: IoU >= 0.7 on the exact 32^3 lattice of the shapes it was trained on."""
     config = AEConfig(
         data=str(shapes_file), val_data=str(shapes_file), out_dir=str(tmp_path),
-        model=ModelConfig(code_dim=32, decoder_widths=(128, 64, 32), voxel_channels=(2, 4, 8, 16)),
-        levels=(16, 32), epochs=(40, 440), batch_shapes=8, points_per_shape=512,
-        lr=3e-3, beta1=0.9,  # faster and steadier than the paper's 5e-5 / 0.5 for this tiny problem
-        device="cpu", val_every=40, val_resolution=32, checkpoint_every=1000,
+        model=ModelConfig(code_dim=32, decoder_widths=(128, 64, 32), voxel_channels=(2, 4, 8, 16), voxel_norm="none"),
+        levels=(16, 32), epochs=(20, 130), batch_shapes=4, points_per_shape=512, lr=3e-3,
+        device="cpu", val_every=50, val_resolution=32, final_val_resolution=0, checkpoint_every=1000,
     )
     summary = train_ae(config)
-    assert summary.best_iou >= 0.9, summary
+    assert summary.best_iou >= 0.7, summary  # an untrained or broken loop scores about 0
     rows = read_metrics(tmp_path)
-    assert len(rows) == 480 and max(float(r["val_iou"] or 0) for r in rows) == pytest.approx(summary.best_iou, abs=1e-6)
-    assert float(rows[-1]["train_loss"]) < 0.5 * float(rows[40]["train_loss"])  # level 32 was learnt
+    assert len(rows) == 150 and max(float(r["val_iou"] or 0) for r in rows) == pytest.approx(summary.best_iou, abs=1e-6)
+    assert float(rows[-1]["train_loss"]) < 0.5 * float(rows[20]["train_loss"])  # level 32 was learnt
 
-    # Recomputed independently from best.pt: the field at the 32^3 cell centres vs the voxels.
+    # Recomputed independently from best.pt: the field at the exact validation lattice (32^3 of it).
     model, _ = load_model(tmp_path / "best.pt")
-    voxels = torch.from_numpy(open_datafile(shapes_file).voxels[:]).float()
-    centres = (torch.stack(torch.meshgrid(*[torch.arange(32)] * 3, indexing="ij"), -1).reshape(-1, 3) + 0.5) / 32 - 0.5
+    data = open_datafile(shapes_file)
+    voxels = torch.from_numpy(data.voxels[:]).float()
+    points = torch.from_numpy(lattice_points(64)[::2, ::2, ::2].reshape(-1, 3))
     with torch.no_grad():
         codes = model.voxel_encoder.eval()(voxels[:, None])
-        predicted = model.decoder(codes, centres.expand(N_SHAPES, -1, -1)).reshape(N_SHAPES, 32, 32, 32) >= 0.5
-    truth = voxels.reshape(N_SHAPES, 32, 2, 32, 2, 32, 2).mean((2, 4, 6)) >= 0.5
+        predicted = model.decoder(codes, points.expand(N_SHAPES, -1, -1)).reshape(N_SHAPES, 32, 32, 32) > 0.5
+    truth = torch.from_numpy(data.occupancy_64[:][:, ::2, ::2, ::2].astype(bool))
     iou = ((predicted & truth).sum((1, 2, 3)) / (predicted | truth).sum((1, 2, 3))).mean()
     assert iou.item() == pytest.approx(summary.best_iou, abs=1e-4)
 
@@ -230,7 +250,7 @@ def test_checkpoints_hold_everything_and_load_safely(ae_run):
                                       "best_iou": pytest.approx(checkpoint["progress"]["best_iou"])}
     assert checkpoint["config"]["model"] == config_to_dict(TINY)
     assert set(checkpoint["rng"][0]) >= {"python", "numpy", "torch"}
-    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == 1e-3
+    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(learning_rate(7, 8, 1e-3, 0.05))
     model, _ = load_model(ae_run / "best.pt", expected=TINY)
     assert load_checkpoint(ae_run / "best.pt")["progress"]["best_iou"] == checkpoint["progress"]["best_iou"]
 
@@ -278,9 +298,9 @@ def test_resume_with_another_architecture_names_the_difference(shapes_file, ae_r
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(shapes_file, tmp_path, monkeypatch):
     calls = []
 
-    def loss_that_explodes(predicted, target):
+    def loss_that_explodes(logits, target, kind):
         calls.append(1)
-        loss = torch.nn.functional.mse_loss(predicted, target)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
         return loss * float("nan") if len(calls) > 2 else loss  # epoch 1 has 2 steps
 
     monkeypatch.setattr(imnet.training, "occupancy_loss", loss_that_explodes)
@@ -312,7 +332,7 @@ def test_ddp_with_two_cpu_processes_matches_one_process_with_twice_the_batch(sha
     assert [r["step"] for r in ddp] == ["2", "4"]  # 8 shapes / (2 processes x 2 shapes) per epoch
     ddp_weights, single_weights = state_dict(tmp_path / "ddp" / "last.pt"), state_dict(tmp_path / "single" / "last.pt")
     for name, tensor in single_weights.items():
-        torch.testing.assert_close(ddp_weights[name], tensor, rtol=0, atol=1e-5, msg=name)
+        torch.testing.assert_close(ddp_weights[name], tensor, rtol=0, atol=5e-5, msg=lambda m: f"{name}: {m}")
 
 
 # ---------------------------------------------------------------------------------------------
