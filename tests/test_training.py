@@ -18,6 +18,7 @@ import torch
 from torch.utils.data.distributed import DistributedSampler
 
 import imnet.training
+from imnet.model import IMNet
 from data_prep.synthetic import generate_shape
 from imnet.checkpoint import CheckpointError, load_checkpoint, load_model
 from imnet.config import AEConfig, ModelConfig, SVRConfig, config_to_dict
@@ -447,3 +448,54 @@ def test_svr_dataset_keeps_held_out_views_out_of_training(tmp_path):
     assert {dataset[0]["view"] for _ in range(300)} == set(range(20))
     with pytest.raises(ValueError, match="train_views"):
         SVRDataset(path, train_views=25)
+
+
+def test_bf16_and_fp32_training_steps_agree(shapes_file):
+    """The precision policy's bf16 autocast computes the same step as fp32, to bf16's rounding."""
+    from imnet.precision import autocast
+
+    torch.manual_seed(0)
+    model = IMNet(TINY)
+    batch = next(iter(torch.utils.data.DataLoader(AEDataset(shapes_file, 32, points_per_shape=512), batch_size=4)))
+    results = {}
+    for precision in ("fp32", "bf16"):
+        model.zero_grad()
+        with autocast("cpu", precision):
+            loss = occupancy_loss(model(batch["voxels"], batch["points"]), batch["values"])
+        loss.backward()
+        results[precision] = (loss.item(), torch.cat([p.grad.flatten() for p in model.decoder.parameters()]))
+    (loss32, grad32), (loss16, grad16) = results["fp32"], results["bf16"]
+    assert loss16 == pytest.approx(loss32, rel=0.02)
+    assert torch.nn.functional.cosine_similarity(grad32, grad16, dim=0) > 0.99
+
+
+def test_a_second_run_on_the_same_folder_is_refused_with_the_holder(shapes_file, tmp_path):
+    from imnet.runtime import lock_run_folder
+
+    holder = lock_run_folder(tmp_path)
+    try:
+        with pytest.raises(SetupError, match=rf"{tmp_path} is in use by another training run \(pid {os.getpid()}"):
+            train_ae(ae_config(shapes_file, tmp_path))
+        assert not (tmp_path / "metrics.csv").exists() and not (tmp_path / "last.pt").exists()
+    finally:
+        holder.close()
+    train_ae(ae_config(shapes_file, tmp_path, levels=(16,), epochs=(1,)))  # free again once the holder is gone
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--epochs", "16:-1"], "at least 1 epoch"),
+    (["--lr", "nan"], "--lr must be a positive number"),
+    (["--lr", "0"], "--lr must be a positive number"),
+])
+def test_cli_bad_numbers_are_one_line_and_exit_code_2(shapes_file, tmp_path, capsys, option, message):
+    code = load_train_cli().main(["ae", "--data", str(shapes_file), "--out-dir", str(tmp_path / "run"), *option])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # nothing created before the options were checked
+
+
+def test_divergence_before_the_first_checkpoint_says_there_is_none(shapes_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(imnet.training, "occupancy_loss", lambda logits, target, kind: logits.mean() * float("nan"))
+    with pytest.raises(TrainingDiverged, match="No checkpoint was written yet") as error:
+        train_ae(ae_config(shapes_file, tmp_path, levels=(16,), epochs=(1,)))
+    assert "last.pt" not in str(error.value) and not (tmp_path / "last.pt").exists()
