@@ -246,6 +246,9 @@ def certified_grid(
     of a cell the surface crosses holds the field's own value, so marching cubes gives the dense
     grid's mesh. Detached parts of any size are found: a box that contains one cannot be certified.
 
+    (For a decoder, "equals" holds up to its own float32 rounding, which can differ in the last
+    bit with the batch a point is evaluated in, for dense sampling as for this.)
+
     Args:
         field: callable points [N, 3] -> values [N], with ``field.bounds(low, high) -> (lower,
             upper)``: for boxes low [K, 3] <= x <= high [K, 3] (float64), bounds [K] of the field's
