@@ -181,22 +181,24 @@ def floor_reduction(entry: dict) -> str:
     return f"{entry['floor_evaluations']} points ({entry['floor_reduction']}x)"
 
 
-def bf16_flips(path: Path, points_count: int) -> dict:
-    """bf16 vs fp32 on grid points next to the surface of the fitted decoder at 128^3."""
+def bf16_flips(make_field, points_count: int) -> dict:
+    """bf16 vs fp32 on grid points next to the surface of a decoder at 128^3 (make_field(precision))."""
     import torch
 
-    fp32 = fitted_decoder_field(path, "fp32")
+    fp32 = make_field("fp32")
     values, _ = certified_grid(fp32, 128)
     near = np.argwhere(surface_mask(values > 0.5))
+    if not len(near):
+        return {"points": 0, "where": "no surface at level 0.5: nothing to measure"}
     rng = np.random.default_rng(0)
     pick = near[rng.choice(len(near), size=min(points_count, len(near)), replace=False)]
     points = ((pick + 0.5) / 128 - 0.5).astype(np.float32)
     a = fp32(points)
-    raw = fitted_decoder_field(path, "bf16")
+    raw = make_field("bf16")
     start = time.perf_counter()
     b = raw._evaluate(points, "bf16")  # without the fp32 refinement
     seconds = time.perf_counter() - start
-    refined = fitted_decoder_field(path, "bf16")(points)
+    refined = make_field("bf16")(points)
     from imnet.inference import BF16_REFINE_MARGIN
 
     return {
@@ -242,6 +244,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--decoder", type=Path, help="a decoder from bench/fit_paper_decoder.py (fitted if missing)")
+    parser.add_argument("--tiny-decoder", action="store_true",
+                        help="also the tiny decoder that tests/conftest.py fits to a box chair (cheap, trained)")
     parser.add_argument("--decoder-resolutions", type=int, nargs="+", default=[64, 100, 256])
     parser.add_argument("--max-dense-points", type=int, default=256**3,
                         help="run dense sampling only up to this many points (cheap fields), extrapolate beyond")
@@ -269,8 +273,22 @@ def main() -> None:
             "affine_bound_cost_by_multiply_adds": field.bound_cost,
         }
         print(extra["decoder"], flush=True)
-        extra["bf16"] = bf16_flips(args.decoder, args.bf16_points)
+        extra["bf16"] = bf16_flips(lambda precision: fitted_decoder_field(args.decoder, precision), args.bf16_points)
         print(extra["bf16"], flush=True)
+
+    if args.tiny_decoder:
+        sys.path.insert(0, str(ROOT / "tests"))
+        import torch
+        from conftest import fit_tiny_chair_model
+
+        from imnet.inference import decoder_field
+
+        tiny = fit_tiny_chair_model()
+        make = lambda precision: decoder_field(tiny.decoder, torch.zeros(tiny.config.code_dim), precision=precision)
+        fields["tiny trained decoder (tests/conftest.py, 64-64-32, affine bounds)"] = (
+            make("fp32"), args.decoder_resolutions, args.max_dense_decoder_points)
+        extra["tiny_decoder_bf16"] = bf16_flips(make, args.bf16_points)
+        print(extra["tiny_decoder_bf16"], flush=True)
 
     results = {}
     for name, (field, resolutions, max_dense) in fields.items():
