@@ -103,12 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=d.resolution, help="marching-cubes grid, any integer >= 8, "
                    "e.g. 64, 100, 128, 256, 512 (default %(default)s)")
     p.add_argument("--level", type=float, default=d.level, help="iso-level of the occupancy field (default %(default)s)")
-    p.add_argument("--method", choices=["coarse_to_fine", "dense"], default=d.method,
-                   help="coarse_to_fine evaluates the decoder only near the surface; dense everywhere (reference)")
+    p.add_argument("--method", choices=["auto", "certified", "coarse_to_fine", "dense"], default=d.method,
+                   help="certified (auto): range bounds skip empty and full regions, exactly the dense mesh; "
+                   "coarse_to_fine: sampling only (can miss detached thin parts); dense: every grid point (reference)")
     p.add_argument("--max-batch-points", type=int, default=d.max_batch_points, help="points per decoder call; "
                    "bounds memory at any resolution (default %(default)s)")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    p.add_argument("--half", action="store_true", help="run the decoder in half precision (GPU; bfloat16 on CPU)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=d.precision,
+                   help="decoder precision: auto = bf16 where it runs fast (recent GPUs, CPUs with AMX), else fp32; "
+                   "in bf16, points near the level are recomputed in fp32 (default auto)")
     p.add_argument("--kind", choices=["auto", "r2n2", "photo"], default="auto",
                    help="how to read image files: auto (137x137 views are R2N2, others photos), r2n2, photo")
     p.add_argument("--view", type=int, default=0, help="view index for HDF5 inputs (default 0)")
@@ -142,11 +145,14 @@ def run(args: argparse.Namespace) -> int:
     from imnet.inference import reconstruct_image
     from imnet.precision import resolve_device
 
-    if args.resolution < 8:
-        raise ValueError(f"--resolution must be at least 8, got {args.resolution}")
+    from imnet.extract import MAX_RESOLUTION
+
+    if not 8 <= args.resolution <= MAX_RESOLUTION:
+        raise ValueError(f"--resolution must be in 8..{MAX_RESOLUTION} (grids are held in memory: "
+                         f"{MAX_RESOLUTION}^3 float32 is 4 GiB), got {args.resolution}")
     if args.max_batch_points < 1:
         raise ValueError("--max-batch-points must be positive")
-    config = ReconstructConfig(args.resolution, args.level, args.method, args.max_batch_points, args.device, args.half)
+    config = ReconstructConfig(args.resolution, args.level, args.method, args.max_batch_points, args.device, args.precision)
     print(format_config(config))
     items = collect_inputs(args.inputs, args.view, args.shapes)
     device = resolve_device(config.device)
@@ -160,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:  # unreadable, empty, no object: skip this one, report at the end
             failed.append(f"{item.name}: {e}")
             continue
-        result = reconstruct_image(model, pixels, config.resolution, config.level, config.method, config.max_batch_points, config.half)
+        result = reconstruct_image(model, pixels, config.resolution, config.level, config.method, config.max_batch_points, config.precision)
         out = output_path(args, item, len(items))
         out.parent.mkdir(parents=True, exist_ok=True)
         if args.save_input:

@@ -240,7 +240,7 @@ def reconstruct(
     Raises:
         EmptyMeshError: nothing exceeds `level`.
     """
-    result = reconstruct_image(model, pixels, resolution=resolution, level=level, half=half)
+    result = reconstruct_image(model, pixels, resolution=resolution, level=level, precision="bf16" if half else "auto")
     if result.mesh.is_empty:
         raise EmptyMeshError(
             f"the network's occupancy stays below the iso-level {level:g} everywhere, so there is no "

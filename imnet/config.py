@@ -116,10 +116,10 @@ class ReconstructConfig:
 
     resolution: int = 128
     level: float = 0.5
-    method: str = "coarse_to_fine"  # or "dense" (the reference)
+    method: str = "auto"  # "certified" for decoders (exactly dense), "coarse_to_fine", or "dense" (the reference)
     max_batch_points: int = 65536
     device: str = "auto"
-    half: bool = False  # half-precision decoder (float16 on CUDA, bfloat16 elsewhere)
+    precision: str = "auto"  # decoder precision: imnet.precision's choice, "bf16" or "fp32"
 
 
 @dataclass

@@ -41,9 +41,11 @@ recovered at any coarse spacing; raise ``coarse_resolution`` to catch small deta
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 import warnings
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import trimesh
@@ -51,11 +53,35 @@ from skimage.measure import marching_cubes
 
 Field = Callable[[np.ndarray], np.ndarray]
 
+
+class BoundedField(Protocol):
+    """A field that can bound itself over boxes (see :func:`certified_grid`)."""
+
+    def __call__(self, points: np.ndarray) -> np.ndarray: ...
+
+    def bounds(self, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
 DEFAULT_MAX_BATCH_POINTS = 32768
 """Points per field call: an IM-NET decoder's widest layer (2048) then holds 256 MiB of float32."""
 
 DEFAULT_COARSE_RESOLUTION = 32
 """Cells per axis of the first lattice. Occupancy Networks' MISE starts at 32^3 too."""
+
+DEFAULT_LEAF_SIZE = 16
+"""Boxes of this many grid points per axis that no bound certifies are decided point by point (16 measured best of 4, 8, 16 on a trained decoder)."""
+
+_SUB_BOX_GAIN = 3.0
+"""Inside a leaf, a sub-box is bounded when its undecided points exceed this many times the cost
+of a bound (so the bound pays even if it decides only half of them)."""
+
+METHODS = ("auto", "certified", "coarse_to_fine", "dense")
+
+MAX_RESOLUTION = 1024
+"""Grids are held in memory: a 1024^3 float32 grid is 4 GiB."""
+
+# Leaves per chunk when testing their points one by one.
+_LEAF_CHUNK = 1024
 
 # Grid elements per chunk when filling unevaluated points, to keep temporaries small at R = 512.
 _FILL_CHUNK_ELEMENTS = 1 << 22
@@ -77,6 +103,14 @@ class ExtractionStats:
         evaluations_per_level: lattice stride -> points evaluated at that level (coarse first).
         neighbour_rounds_per_level: lattice stride -> rounds of the neighbour rule that evaluated
             something.
+        bound_evaluations: boxes bounded by the field's ``bounds`` (certified method).
+        bound_cost: what one box's bound costs, in field evaluations (the field's ``bound_cost``).
+        certified_points: grid points whose side was decided by bounds, without evaluation.
+        boxes_certified_free: boxes certified from their parent's affine bound, with no field call.
+        bound_evaluations_per_size: box size (grid points per axis) -> boxes bounded at that size.
+        evaluations_per_stage: certified method: "uncertain" (points of the finest boxes whose
+            side no bound decided) and "surface" (certified points next to the other side, whose
+            values marching cubes needs).
     """
 
     method: str
@@ -86,11 +120,22 @@ class ExtractionStats:
     seconds: float
     evaluations_per_level: dict[int, int] = dataclasses.field(default_factory=dict)
     neighbour_rounds_per_level: dict[int, int] = dataclasses.field(default_factory=dict)
+    bound_evaluations: int = 0
+    bound_cost: float = 0.0
+    certified_points: int = 0
+    boxes_certified_free: int = 0
+    bound_evaluations_per_size: dict[int, int] = dataclasses.field(default_factory=dict)
+    evaluations_per_stage: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def evaluation_units(self) -> float:
+        """Evaluations plus bound evaluations at their cost, in field-evaluation units."""
+        return self.evaluations + self.bound_cost * self.bound_evaluations
 
     @property
     def reduction(self) -> float:
-        """How many times fewer evaluations than the dense grid (R^3) this took."""
-        return self.resolution**3 / max(self.evaluations, 1)
+        """How many times fewer evaluation units than the dense grid (R^3) this took."""
+        return self.resolution**3 / max(self.evaluation_units, 1)
 
 
 def dense_grid(
@@ -155,6 +200,7 @@ def coarse_to_fine_grid(
         raise ValueError(
             f"gap_level must be None or in (0, level) = (0, {level}); got {gap_level!r}"
         )
+    _check_grid_size(resolution)
     stride = _coarse_stride(resolution, coarse_resolution)
     sampler = _FieldSampler(field, resolution, max_batch_points)
     grid = _RefinedGrid(sampler, resolution, level, gap_level)
@@ -183,6 +229,68 @@ def coarse_to_fine_grid(
         neighbour_rounds_per_level=rounds_per_level,
     )
     return grid.interior, stats
+
+
+def certified_grid(
+    field: BoundedField,
+    resolution: int,
+    *,
+    level: float = 0.5,
+    leaf_size: int | None = None,
+    max_batch_points: int = DEFAULT_MAX_BATCH_POINTS,
+) -> tuple[np.ndarray, ExtractionStats]:
+    """Sample a field that can bound itself over boxes: exactly :func:`dense_grid`'s occupancy.
+
+    See the module docstring ("Certified sampling"). Thresholded at ``level`` the result equals
+    ``dense_grid(field, resolution) > level`` at every point, by construction, at any R; every point
+    of a cell the surface crosses holds the field's own value, so marching cubes gives the dense
+    grid's mesh. Detached parts of any size are found: a box that contains one cannot be certified.
+
+    (For a decoder, "equals" holds up to its own float32 rounding, which can differ in the last
+    bit with the batch a point is evaluated in, for dense sampling as for this.)
+
+    Args:
+        field: callable points [N, 3] -> values [N], with ``field.bounds(low, high) -> (lower,
+            upper)``: for boxes low [K, 3] <= x <= high [K, 3] (float64), bounds [K] of the field's
+            value at every point of each box (including the float32 points the field is called
+            with). Optionally ``field.affine_bounds(low, high, level)`` (affine forms, see
+            ``imnet.bounds.AffineForms``, of a function whose sign is the side of ``level``: > 0
+            means above it, < 0 at or below it) and ``field.bound_cost`` (evaluations that one
+            box's bound costs; default 1).
+        resolution: R >= 2, cells per axis.
+        level: iso-level in (0, 1).
+        leaf_size: boxes of this many grid points per axis (a power of two, default 16) that no
+            bound certifies are decided point by point.
+        max_batch_points: at most this many points per field call.
+
+    Returns:
+        values: float32 [R, R, R]; evaluated points hold the field's values, certified ones 1.0
+            (inside) or 0.0 (outside).
+        stats: evaluations, bound evaluations and their cost, certified points, time.
+    """
+    start_time = time.perf_counter()
+    resolution = _check_resolution(resolution)
+    level = _check_level(level)
+    _check_grid_size(resolution)
+    bounder = _BoxBounder(field, resolution, level)
+    leaf = _check_leaf_size(leaf_size)
+    sampler = _FieldSampler(field, resolution, max_batch_points)
+    sampling = _CertifiedSampling(sampler, bounder, resolution, level, leaf)
+    values = sampling.dense_values()
+    stats = ExtractionStats(
+        method="certified",
+        resolution=resolution,
+        evaluations=sampler.evaluations,
+        field_calls=sampler.calls,
+        seconds=time.perf_counter() - start_time,
+        bound_evaluations=bounder.boxes,
+        bound_cost=bounder.cost,
+        certified_points=resolution**3 - sampler.evaluations,
+        boxes_certified_free=sampling.free,
+        bound_evaluations_per_size=dict(bounder.boxes_per_size),
+        evaluations_per_stage=dict(sampling.evaluations_per_stage),
+    )
+    return values, stats
 
 
 def grid_to_mesh(
@@ -241,7 +349,7 @@ def extract_mesh(
     resolution: int = 128,
     *,
     level: float = 0.5,
-    method: str = "coarse_to_fine",
+    method: str = "auto",
     coarse_resolution: int | None = None,
     gap_level: float | None = None,
     max_batch_points: int = DEFAULT_MAX_BATCH_POINTS,
@@ -252,8 +360,10 @@ def extract_mesh(
         field: callable, float32 points [N, 3] in [-0.5, 0.5]^3 -> occupancy [N] (or [N, 1]).
         resolution: R >= 2, grid cells per axis.
         level: iso-level in (0, 1).
-        method: "coarse_to_fine" (:func:`coarse_to_fine_grid`) or "dense" (:func:`dense_grid`).
-        coarse_resolution, gap_level: see :func:`coarse_to_fine_grid`; ignored by "dense".
+        method: "auto" ("certified" for fields with a ``bounds`` method, else "coarse_to_fine"),
+            "certified" (:func:`certified_grid`), "coarse_to_fine" (:func:`coarse_to_fine_grid`)
+            or "dense" (:func:`dense_grid`).
+        coarse_resolution, gap_level: see :func:`coarse_to_fine_grid`; used by "coarse_to_fine" only.
         max_batch_points: at most this many points per field call.
 
     Returns:
@@ -262,7 +372,11 @@ def extract_mesh(
         stats: evaluation counts and sampling time.
     """
     level = _check_level(level)  # before sampling, which may take minutes
-    if method == "coarse_to_fine":
+    if method == "auto":
+        method = "certified" if callable(getattr(field, "bounds", None)) else "coarse_to_fine"
+    if method == "certified":
+        values, stats = certified_grid(field, resolution, level=level, max_batch_points=max_batch_points)
+    elif method == "coarse_to_fine":
         values, stats = coarse_to_fine_grid(
             field,
             resolution,
@@ -274,7 +388,7 @@ def extract_mesh(
     elif method == "dense":
         values, stats = _dense_grid(field, resolution, max_batch_points)
     else:
-        raise ValueError(f'method must be "coarse_to_fine" or "dense"; got {method!r}')
+        raise ValueError(f'method must be one of {", ".join(METHODS)}; got {method!r}')
     mesh = grid_to_mesh(values, level=level)
     if mesh.is_empty:
         warnings.warn(
@@ -454,6 +568,240 @@ class _RefinedGrid:
         return _unique_rows(cells)
 
 
+class _BoxBounder:
+    """Bounds of a field over boxes of grid points, as "g" ranges: g > 0 above the level, g < 0
+    at or below it. Counts the boxes bounded (per box size) and knows their cost."""
+
+    def __init__(self, field: BoundedField, resolution: int, level: float):
+        if not callable(getattr(field, "bounds", None)):
+            raise TypeError(
+                f"certified extraction needs a field with a bounds(low, high) method (range bounds "
+                f"over boxes); {type(field).__name__} has none. Use method='coarse_to_fine' or 'dense'."
+            )
+        self.field = field
+        self.resolution = resolution
+        self.level = level
+        self.affine = callable(getattr(field, "affine_bounds", None))
+        self.cost = float(getattr(field, "bound_cost", 1.0))
+        self.boxes = 0
+        self.boxes_per_size: dict[int, int] = {}
+
+    def points(self, indices: np.ndarray) -> np.ndarray:
+        """Grid indices [M, 3] -> the float32 points the field is called with, as float64."""
+        return ((indices + 0.5) / self.resolution - 0.5).astype(np.float32).astype(np.float64)
+
+    def __call__(self, low: np.ndarray, high: np.ndarray, size: int):
+        """g bounds over the boxes of grid points low [K, 3] ..= high [K, 3] (inclusive).
+
+        Returns (g_low [K], g_high [K], forms): forms are affine (for free tests of sub-boxes and
+        points) when the field gives them, else None.
+        """
+        self.boxes += len(low)
+        self.boxes_per_size[size] = self.boxes_per_size.get(size, 0) + len(low)
+        low, high = self.points(low), self.points(high)
+        if self.affine:
+            forms = self.field.affine_bounds(low, high, self.level)
+            g_low, g_high = forms.bounds()
+            return g_low, g_high, forms
+        lower, upper = (np.asarray(b, dtype=np.float64) for b in self.field.bounds(low, high))
+        if lower.shape != (len(low),) or upper.shape != (len(low),):
+            raise ValueError(
+                f"field.bounds returned shapes {lower.shape} and {upper.shape} for {len(low)} boxes; "
+                f"it must return (lower, upper), each of shape ({len(low)},)"
+            )
+        if not (np.all(np.isfinite(lower)) and np.all(np.isfinite(upper)) and np.all(lower <= upper)):
+            raise ValueError("field.bounds must return finite bounds with lower <= upper")
+        return lower - self.level, upper - self.level, None
+
+
+class _CertifiedSampling:
+    """Certified sampling state: certified inside boxes, and the finest open boxes ("leaves")
+    with one state per point.
+
+    Boxes are sets of grid points: box (lo, s) holds the points lo .. min(lo + s, R) - 1 on every
+    axis, s a power of two, lo a multiple of s. A box is bounded over its points *and their
+    neighbours* (its "hull", lo - 1 .. lo + s, clipped to the grid): if the hull is certified on
+    one side, no cell with a corner in the box is crossed by the surface, so no point of the box is
+    ever needed by marching cubes. Inside is certified only for boxes whose hull stays within the
+    grid, because the points next to the outside padding are needed.
+    """
+
+    OUT, IN, EVALUATED, ABSENT = 0, 1, 2, 3  # per-point states in leaves (ABSENT: beyond R)
+
+    def __init__(self, sampler: _FieldSampler, bounder: _BoxBounder, resolution: int, level: float, leaf: int):
+        self.sample = sampler
+        self.bound = bounder
+        self.resolution = resolution
+        self.level = level
+        self.leaf = leaf
+        self.free = 0
+        self.inside: list[tuple[np.ndarray, int]] = []  # (lo [B, 3], size) of certified inside boxes
+        self.evaluations_per_stage = {"uncertain": 0, "surface": 0}
+        leaves, forms, form_index = self._subdivide()
+        self.leaf_lo = leaves
+        self.states, self.values = self._decide_leaf_points(leaves, forms, form_index)
+        self._evaluate_surface()
+
+    def _subdivide(self):
+        """Bound boxes coarse to fine; return the leaves no bound could certify, with their forms."""
+        R, size = self.resolution, self.leaf
+        while size < R:
+            size *= 2
+        lo = np.zeros((1, 3), dtype=np.int64)
+        children = _CORNERS.astype(np.int64)
+        while True:
+            hull_low, hull_high = np.maximum(lo - 1, 0), np.minimum(lo + size, R - 1)
+            g_low, g_high, forms = self.bound(hull_low, hull_high, size)
+            open_ = self._certify(lo, size, g_low, g_high)
+            if size == self.leaf:
+                return lo[open_], forms, np.flatnonzero(open_)
+            parent = np.repeat(np.flatnonzero(open_), 8)
+            lo = (lo[open_][:, None, :] + children * (size // 2)).reshape(-1, 3)
+            keep = np.all(lo < R, axis=1)
+            lo, parent, size = lo[keep], parent[keep], size // 2
+            if forms is not None and len(lo):
+                # The parent's affine form bounds its sub-boxes too, for free.
+                hull_low, hull_high = np.maximum(lo - 1, 0), np.minimum(lo + size, R - 1)
+                g_low, g_high = forms.over_boxes(parent, self.bound.points(hull_low), self.bound.points(hull_high))
+                open_ = self._certify(lo, size, g_low, g_high)
+                self.free += int((~open_).sum())
+                lo = lo[open_]
+            if not len(lo):
+                return lo, None, np.zeros(0, dtype=np.int64)
+
+    def _certify(self, lo: np.ndarray, size: int, g_low: np.ndarray, g_high: np.ndarray) -> np.ndarray:
+        """Record the boxes certified inside (outside needs no record); return the open ones."""
+        interior = np.all((lo >= 1) & (lo + size <= self.resolution - 1), axis=1)
+        inside = (g_low > 0) & interior
+        if inside.any():
+            self.inside.append((lo[inside], size))
+        return ~(inside | (g_high < 0))
+
+    def _decide_leaf_points(self, leaves: np.ndarray, forms, form_index: np.ndarray):
+        """Per-point states of the leaves: certified by bounds where possible, else evaluated.
+
+        Each point starts with the bound its leaf's affine form gives it (none for constant bounds).
+        Then, for sub-boxes of half, a quarter, ... of the leaf's size: a sub-box whose undecided
+        points outnumber ``_SUB_BOX_GAIN`` times a bound's cost is bounded itself (over its own
+        points only: the surface step below handles the neighbours), and its points keep the
+        tighter of their bounds. What no bound decides is evaluated.
+        """
+        b, R = self.leaf, self.resolution
+        offsets = np.stack(np.unravel_index(np.arange(b**3), (b, b, b)), axis=1)
+        states = np.full((len(leaves), b**3), self.EVALUATED, dtype=np.int8)
+        values = np.zeros((len(leaves), b**3), dtype=np.float32)
+        for begin in range(0, len(leaves), _LEAF_CHUNK):
+            chunk = slice(begin, begin + _LEAF_CHUNK)
+            index = leaves[chunk][:, None, :] + offsets  # [L, b^3, 3]
+            present = np.all(index < R, axis=2)
+            leaf_of = np.broadcast_to(np.arange(len(index))[:, None], present.shape)[present]
+            point_index = index[present]
+            g_low, g_high = np.full(len(leaf_of), -np.inf), np.full(len(leaf_of), np.inf)
+            if forms is not None:
+                points = self.bound.points(point_index)
+                g_low, g_high = forms.over_boxes(form_index[chunk][leaf_of], points, points)
+            size = b // 2
+            while size >= 1:
+                undecided = np.flatnonzero((g_low <= 0) & (g_high >= 0))
+                sub_lo = point_index[undecided] // size * size
+                key, inverse, count = np.unique(
+                    np.ravel_multi_index(sub_lo.T, (R + size,) * 3), return_inverse=True, return_counts=True
+                )
+                worth = count > _SUB_BOX_GAIN * self.bound.cost
+                if worth.any():
+                    lo = np.stack(np.unravel_index(key[worth], (R + size,) * 3), axis=1)
+                    hull_high = np.minimum(lo + size, R) - 1
+                    box_low, box_high, box_forms = self.bound(lo, hull_high, size)
+                    box = np.cumsum(worth) - 1  # sub-box number of each key, among the bounded
+                    mine = worth[inverse]
+                    which, points = undecided[mine], point_index[undecided[mine]]
+                    if box_forms is not None:
+                        coords = self.bound.points(points)
+                        low, high = box_forms.over_boxes(box[inverse[mine]], coords, coords)
+                    else:
+                        low, high = box_low[box[inverse[mine]]], box_high[box[inverse[mine]]]
+                    g_low[which] = np.maximum(g_low[which], low)
+                    g_high[which] = np.minimum(g_high[which], high)
+                size //= 2
+            decided = np.full(len(leaf_of), self.EVALUATED, dtype=np.int8)
+            decided[g_high < 0] = self.OUT
+            decided[g_low > 0] = self.IN
+            state = states[chunk]
+            state[~present] = self.ABSENT
+            state[present] = decided
+            todo = state == self.EVALUATED
+            values[chunk][todo] = self.sample(index[todo])
+            self.evaluations_per_stage["uncertain"] += int(todo.sum())
+        values[states == self.IN] = 1.0
+        return states.reshape(-1, b, b, b), values.reshape(-1, b, b, b)
+
+    def _evaluate_surface(self) -> None:
+        """Evaluate the certified leaf points that have a neighbour on the other side.
+
+        Those are corners of cells the surface crosses, whose values marching cubes interpolates.
+        Neighbours outside the leaves lie in certified boxes whose hull holds the leaf point, so they
+        are on its side and can be ignored; beyond the grid is the outside padding.
+        """
+        if not len(self.leaf_lo):
+            return
+        above, at_or_below = self._windows()
+        b = self.leaf
+        near_above = np.zeros((len(self.leaf_lo), b, b, b), dtype=bool)
+        near_below = np.zeros_like(near_above)
+        for dx, dy, dz in np.ndindex(3, 3, 3):
+            near_above |= above[:, dx : dx + b, dy : dy + b, dz : dz + b]
+            near_below |= at_or_below[:, dx : dx + b, dy : dy + b, dz : dz + b]
+        todo = ((self.states == self.IN) & near_below) | ((self.states == self.OUT) & near_above)
+        leaf, x, y, z = np.nonzero(todo)
+        self.values[leaf, x, y, z] = self.sample(self.leaf_lo[leaf] + np.stack([x, y, z], axis=1))
+        self.states[leaf, x, y, z] = self.EVALUATED
+        self.evaluations_per_stage["surface"] += len(leaf)
+
+    def _windows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Side flags of every leaf with a one-point border from its 26 neighbours: above the level,
+        and at or below it (padding counts as below; points in certified boxes as neither)."""
+        b, R, lo = self.leaf, self.resolution, self.leaf_lo
+        evaluated = self.states == self.EVALUATED
+        above = (self.states == self.IN) | (evaluated & (self.values > self.level))
+        below = (self.states == self.OUT) | (self.states == self.ABSENT) | (evaluated & (self.values <= self.level))
+        n = -(-R // b) + 2  # leaf grid, with one more leaf on every side for the neighbour lookup
+        keys = np.ravel_multi_index((lo // b + 1).T, (n, n, n))
+        order = np.argsort(keys)
+        sorted_keys = keys[order]
+        windows = np.zeros((2, len(lo), b + 2, b + 2, b + 2), dtype=bool)
+        # Window slab per neighbour offset d along an axis: d = -1 -> last layer, 0 -> all, +1 -> first.
+        source = {-1: slice(b - 1, b), 0: slice(0, b), 1: slice(0, 1)}
+        target = {-1: slice(0, 1), 0: slice(1, b + 1), 1: slice(b + 1, b + 2)}
+        for d in itertools.product((-1, 0, 1), repeat=3):
+            neighbour_lo = lo + np.asarray(d) * b
+            outside_grid = np.any((neighbour_lo < 0) | (neighbour_lo >= R), axis=1)
+            key = np.ravel_multi_index((neighbour_lo // b + 1).T, (n, n, n))
+            position = np.minimum(np.searchsorted(sorted_keys, key), len(keys) - 1)
+            found = sorted_keys[position] == key
+            neighbour = order[position]
+            src = (slice(None),) + tuple(source[a] for a in d)
+            dst = (slice(None),) + tuple(target[a] for a in d)
+            for w, flags in enumerate((above, below)):
+                slab = windows[w][dst]
+                slab[found] = flags[neighbour[found]][src]
+                if w == 1:
+                    slab[outside_grid] = True  # the padding: outside
+                windows[w][dst] = slab
+        return windows[0], windows[1]
+
+    def dense_values(self) -> np.ndarray:
+        """float32 [R, R, R]: certified inside 1.0, outside 0.0, evaluated points their values."""
+        R, b = self.resolution, self.leaf
+        values = np.zeros((R, R, R), dtype=np.float32)
+        for lows, size in self.inside:
+            for x, y, z in lows:
+                values[x : x + size, y : y + size, z : z + size] = 1.0
+        for (x, y, z), block in zip(self.leaf_lo, self.values):
+            target = values[x : x + b, y : y + b, z : z + b]
+            target[...] = block[: target.shape[0], : target.shape[1], : target.shape[2]]
+        return values
+
+
 def _child_cells(cells: np.ndarray, coarse: np.ndarray, lattice: np.ndarray) -> np.ndarray:
     """The cells [K', 3] of ``lattice`` that make up the ``coarse`` cells [K, 3].
 
@@ -485,6 +833,7 @@ def _dense_grid(
 ) -> tuple[np.ndarray, ExtractionStats]:
     start_time = time.perf_counter()
     resolution = _check_resolution(resolution)
+    _check_grid_size(resolution)
     sampler = _FieldSampler(field, resolution, max_batch_points)
     values = np.empty((resolution,) * 3, dtype=np.float32)
     flat = values.reshape(-1)
@@ -512,6 +861,23 @@ def _coarse_stride(resolution: int, coarse_resolution: int | None) -> int:
     while 2 * stride * coarse_resolution <= resolution:
         stride *= 2
     return stride
+
+
+def _check_leaf_size(leaf_size: int | None) -> int:
+    if leaf_size is None:
+        return DEFAULT_LEAF_SIZE
+    if isinstance(leaf_size, bool) or int(leaf_size) != leaf_size or leaf_size < 1 or leaf_size & (leaf_size - 1):
+        raise ValueError(f"leaf_size must be a power of two (1, 2, 4, 8, ...); got {leaf_size!r}")
+    return int(leaf_size)
+
+
+def _check_grid_size(resolution: int) -> None:
+    if resolution > MAX_RESOLUTION:
+        raise ValueError(
+            f"resolution {resolution} is above the limit of {MAX_RESOLUTION}: the {resolution}^3 grid "
+            f"would need {4 * resolution**3 / 2**30:,.0f} GiB of float32 in memory, and its mesh about "
+            f"{resolution**2 * 2:,} triangles per unit of surface area; use at most {MAX_RESOLUTION}"
+        )
 
 
 def _check_resolution(resolution: int) -> int:

@@ -1,20 +1,24 @@
 """Tests for imnet.extract: dense and coarse-to-fine sampling of analytic and real fields, meshing.
 
 The analytic fields are soft (a sigmoid of the signed distance) so that they look like a decoder's
-output. Coarse-to-fine sampling is compared with dense sampling exactly: for the shapes here the
-occupancy, the values near the surface and the marching-cubes meshes must all be identical.
+output. Coarse-to-fine and certified sampling are compared with dense sampling exactly: for the shapes here
+the occupancy, the values near the surface and the marching-cubes meshes must all be identical.
+Certified sampling is exact for every field with sound bounds; coarse-to-fine can miss detached
+parts, and a test shows it does.
 """
 
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.ndimage import map_coordinates
 from scipy.special import expit
 
 from imnet.binvox import read_binvox
-from imnet.extract import coarse_to_fine_grid, dense_grid, extract_mesh, grid_to_mesh
+from imnet.checkpoint import load_model
+from imnet.extract import certified_grid, coarse_to_fine_grid, dense_grid, extract_mesh, grid_to_mesh
 
 DATA = Path(__file__).parent / "data"
 AIRPLANE_BINVOX = (
@@ -278,3 +282,137 @@ def test_bad_grids_are_clear_errors():
         grid_to_mesh(np.zeros((8, 8)))
     with pytest.raises(ValueError, match="bounds must be"):
         grid_to_mesh(np.ones((4, 4, 4)), bounds=[[0, 0, 0], [1, -1, 1]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Certified extraction (fields with bounds)
+
+
+class BoxUnionField:
+    """Union of axis-aligned boxes, occupancy sigmoid(-SHARPNESS * signed distance), with sound
+    bounds over boxes: the signed distance is 1-Lipschitz, so over a box it stays within
+    half the box's diagonal of its value at the centre."""
+
+    bound_cost = 1.0
+
+    def __init__(self, boxes):
+        boxes = np.asarray(boxes, dtype=np.float64)
+        self.centre, self.half = boxes.mean(axis=1), (boxes[:, 1] - boxes[:, 0]) / 2
+        self.calls = 0
+
+    def sdf(self, points):
+        q = np.abs(np.asarray(points, dtype=np.float64)[:, None, :] - self.centre) - self.half
+        return (np.linalg.norm(np.maximum(q, 0), axis=2) + np.minimum(q.max(axis=2), 0)).min(axis=1)
+
+    def __call__(self, points):
+        self.calls += 1
+        return expit(-SHARPNESS * self.sdf(points)).astype(np.float32)
+
+    def bounds(self, low, high):
+        distance = self.sdf((low + high) / 2)
+        reach = np.linalg.norm(high - low, axis=1) / 2 + 1e-9  # + a margin for float64 rounding
+        # float32 rounding is monotone, so the bounds hold for the float32 values the field returns.
+        return (expit(-SHARPNESS * (distance + reach)).astype(np.float32),
+                expit(-SHARPNESS * (distance - reach)).astype(np.float32))
+
+
+def detached_thin_parts(resolution):
+    """A body with detached thin parts, in cell indices [low, high): a plate one cell thick at an
+    even x cell (the coarse lattice of coarse-to-fine at 96^3 samples only odd cells), and a
+    2-cell cube. Neither touches the body, so no surface can be followed into them."""
+    cells = [
+        ((20, 20, 20), (50, 50, 50)),  # body
+        ((70, 20, 20), (71, 70, 70)),  # plate, x cell 70 only
+        ((60, 80, 60), (62, 82, 62)),  # small cube
+    ]
+    return BoxUnionField([[np.divide(lo, resolution) - 0.5, np.divide(hi, resolution) - 0.5] for lo, hi in cells])
+
+
+def assert_same_as_dense(values, dense, level=0.5, rtol=0.0):
+    """Same occupancy, same values where the surface is, same mesh. ``rtol``: a decoder's float32
+    result may differ in its last bit with the batch a point is evaluated in."""
+    np.testing.assert_array_equal(values > level, dense > level)
+    surface = near_surface(dense > level)
+    np.testing.assert_allclose(values[surface], dense[surface], rtol=rtol, atol=0)
+    mesh, reference = grid_to_mesh(values, level=level), grid_to_mesh(dense, level=level)
+    np.testing.assert_allclose(mesh.vertices, reference.vertices, rtol=0, atol=1e-6 if rtol else 0)
+    np.testing.assert_array_equal(mesh.faces, reference.faces)
+
+
+def test_certified_finds_detached_thin_parts_that_coarse_to_fine_misses():
+    field = detached_thin_parts(96)
+    dense = dense_grid(field, 96)
+    missed, _ = coarse_to_fine_grid(field, 96)
+    plate = dense[70] > 0.5
+    assert plate.any() and not (missed[70] > 0.5).any()  # the old sampler loses the plate
+    values, stats = certified_grid(field, 96)
+    assert_same_as_dense(values, dense)
+    assert stats.method == "certified" and stats.bound_evaluations > 0 and stats.bound_cost == 1.0
+    assert stats.evaluation_units == stats.evaluations + stats.bound_evaluations
+    assert stats.certified_points == 96**3 - stats.evaluations
+    assert stats.evaluations == sum(stats.evaluations_per_stage.values())
+    assert stats.reduction > 10  # about 25
+
+
+@pytest.mark.parametrize("resolution, leaf_size", [(2, None), (5, 2), (17, 4), (33, 8), (47, None)])
+def test_certified_equals_dense_at_any_resolution(resolution, leaf_size):
+    field = BoxUnionField([[[-0.3, -0.2, -0.25], [0.1, 0.3, 0.2]], [[0.2, -0.4, 0.1], [0.26, 0.45, 0.16]]])
+    values, _ = certified_grid(field, resolution, leaf_size=leaf_size)
+    assert_same_as_dense(values, dense_grid(field, resolution))
+
+
+def test_certified_touching_the_border_and_other_levels():
+    """Inside up to the grid's border: the padding makes the border points surface points."""
+    field = BoxUnionField([[[-0.6, -0.6, -0.6], [0.1, 0.6, 0.0]]])
+    for level in (0.2, 0.5, 0.9):
+        values, _ = certified_grid(field, 40, level=level)
+        assert_same_as_dense(values, dense_grid(field, 40), level=level)
+
+
+@pytest.mark.parametrize("resolution", [64, 100])
+def test_certified_equals_dense_on_a_trained_decoder(tiny_checkpoint, resolution):
+    from imnet.inference import BoundedDecoderField, decoder_field
+
+    model, _ = load_model(tiny_checkpoint)
+    field = decoder_field(model.decoder, torch.zeros(model.config.code_dim), precision="fp32")
+    assert isinstance(field, BoundedDecoderField)
+    dense = dense_grid(field, resolution)
+    values, stats = certified_grid(field, resolution)
+    assert_same_as_dense(values, dense, rtol=1e-6)
+    assert stats.bound_cost == 5.0 and stats.reduction > 2.5
+    mesh, auto_stats = extract_mesh(field, resolution)  # "auto" picks certified for a bounded field
+    assert auto_stats.method == "certified"
+    np.testing.assert_allclose(mesh.vertices, grid_to_mesh(dense).vertices, rtol=0, atol=1e-6)
+
+
+def test_certified_needs_bounds_and_huge_grids_are_refused():
+    with pytest.raises(TypeError, match="needs a field with a bounds"):
+        certified_grid(SHAPES["sphere"], 16)
+    _, stats = extract_mesh(SHAPES["sphere"], 16)  # "auto": no bounds, so coarse-to-fine
+    assert stats.method == "coarse_to_fine"
+    for method in ("certified", "coarse_to_fine", "dense"):
+        with pytest.raises(ValueError, match="resolution 100000 is above the limit of 1024"):
+            extract_mesh(BoxUnionField([[[-0.1] * 3, [0.1] * 3]]), 100000, method=method)
+    with pytest.raises(ValueError, match="leaf_size must be a power of two"):
+        certified_grid(BoxUnionField([[[-0.1] * 3, [0.1] * 3]]), 16, leaf_size=6)
+
+
+def test_bf16_field_runs_and_refines_near_the_level_in_fp32():
+    """Forced bf16 (slow on CPUs without bf16 units, so a tiny decoder): values near the level are
+    float32's, the rest within bf16's rounding of them."""
+    from imnet.inference import BF16_REFINE_MARGIN, decoder_field
+    from imnet.model import Decoder
+
+    torch.manual_seed(0)
+    decoder = Decoder(code_dim=8, widths=(32, 16)).eval()
+    code = torch.rand(8)
+    points = np.random.default_rng(0).uniform(-0.5, 0.5, (4000, 3)).astype(np.float32)
+    fp32 = decoder_field(decoder, code, precision="fp32")(points)
+    level = float(np.median(fp32))  # a level the field crosses, with many points near it
+    bf16_field = decoder_field(decoder, code, precision="bf16", level=level)
+    bf16 = bf16_field(points)
+    near = np.abs(bf16 - level) < BF16_REFINE_MARGIN
+    assert bf16_field.precision == "bf16" and bf16_field.refined == near.sum() > 0
+    np.testing.assert_array_equal(bf16[near], fp32[near])
+    assert np.abs(bf16 - fp32).max() < 0.02
+    np.testing.assert_array_equal(bf16 > level, fp32 > level)

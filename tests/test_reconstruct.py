@@ -115,6 +115,8 @@ def test_user_mistakes_give_one_line_and_no_output(tiny_checkpoint, tmp_path, ca
     assert "not a readable imnet checkpoint" in capsys.readouterr().err
     assert run("--checkpoint", tmp_path / "nope.pt", PHOTO, "-o", out) == 2
     assert run("--checkpoint", tiny_checkpoint, PHOTO, "-o", out, "--resolution", 2) == 2
+    assert run("--checkpoint", tiny_checkpoint, PHOTO, "-o", out, "--resolution", 100000) == 2
+    assert "--resolution must be in 8..1024" in capsys.readouterr().err
     assert not out.exists()
 
 
