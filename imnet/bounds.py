@@ -32,7 +32,8 @@ computation. Each layer adds ``2 gamma_n |W| |x|`` to the error (gamma_n = n u /
 once for the bound), so the bounds contain the values the decoder *computes* in float32, not only
 the exact ones. bfloat16 evaluations are not covered (see ``imnet.inference``).
 
-The decoder is bounded through its structure as ``imnet.model.Decoder`` builds it (skip layers,
+The decoder is bounded through its structure as ``imnet.model.Decoder`` builds it (its point
+encoding -- raw coordinates or Fourier features, see ``DecoderBounds._point_input`` -- skip layers,
 LeakyReLU between them, sigmoid after the last). A decoder with parts this module does not know
 (an input encoding, another activation) is refused with a message rather than bounded wrongly.
 """
@@ -95,14 +96,14 @@ class AffineForms:
 
 def check_boundable(decoder: Decoder) -> None:
     """Raise NotImplementedError if ``decoder`` has parts that the bounds here do not model."""
-    known = {"layers"}
+    known = {"layers", "point_encoding"}
     extra = [name for name, _ in decoder.named_children() if name not in known]
     extra += [name for name, _ in decoder.named_parameters(recurse=False)]
     if extra or not all(isinstance(layer, SkipLinear) for layer in decoder.layers):
         raise NotImplementedError(
-            f"imnet.bounds models a Decoder made of SkipLinear layers only; this one also has "
+            f"imnet.bounds models a Decoder made of a PointEncoding and SkipLinear layers only; this one also has "
             f"{extra or 'layers of other types'}. Add their interval/affine rule to imnet/bounds.py "
-            f"(an elementwise input encoding such as sin/cos goes in DecoderBounds._point_input)."
+            f"(an elementwise input encoding goes in DecoderBounds._point_input)."
         )
 
 
@@ -127,6 +128,8 @@ class DecoderBounds:
         self.max_boxes = int(max_boxes)
         parameter = next(decoder.parameters())
         self.device = parameter.device
+        encoding = getattr(decoder, "point_encoding", None)
+        self.frequencies = encoding.frequencies.float() if encoding is not None and encoding.octaves else None
         with torch.inference_mode():
             terms = decoder.code_terms(code.reshape(1, -1).to(self.device, torch.float32))
             self.layers = [_LayerParts.of(layer, term) for layer, term in zip(decoder.layers, terms)]
@@ -164,9 +167,34 @@ class DecoderBounds:
         return c, r
 
     def _point_input(self, c: torch.Tensor, r: torch.Tensor):
-        """The affine form of what the layers see of the point: the point itself (value, coeffs
-        [K, 3, 3] = diag(r), error 0). An elementwise input encoding would be bounded here."""
-        return c, torch.diag_embed(r), torch.zeros_like(c)
+        """The affine form of what the layers see of the point: value [K, D], coefficients
+        [K, 3, D] on the box's three axis symbols, error [K, D].
+
+        Raw coordinates: the point itself (coefficients diag(r), error 0). Fourier features
+        sin(a), cos(a) of an angle a = f (c + r e) over the box: the first-order Taylor form
+        sin(f c) + f cos(f c) r e with the remainder bound (f r)^2 / 2 (|sin''| <= 1), or, where
+        that is wider, the plain range 0 +- 1; cos likewise.
+        """
+        coeffs = torch.diag_embed(r)
+        if self.frequencies is None:
+            return c, coeffs, torch.zeros_like(c)
+        f = self.frequencies.to(c.device)
+        octaves = len(f)
+        angle = (c[:, :, None] * f).flatten(1)  # [K, 3 * octaves], axis-major as PointEncoding
+        spread = (r[:, :, None] * f).flatten(1)
+        remainder = spread**2 / 2
+        # float32: the decoder rounds the angle (an ulp of it) and sin/cos (a few ulps of 1).
+        slack = 8 * _UNIT_ROUNDOFF * (1 + angle.abs() + spread)
+        axis = torch.arange(3, device=c.device).repeat_interleave(octaves)  # the symbol each angle moves with
+        one_hot = torch.nn.functional.one_hot(axis, 3).T.to(c.dtype)  # [3, 3 * octaves]
+        values, all_coeffs, errors = [c], [coeffs], [torch.zeros_like(c)]
+        for value, slope in ((torch.sin(angle), torch.cos(angle)), (torch.cos(angle), -torch.sin(angle))):
+            linear = slope * spread
+            taylor = (linear.abs() + remainder) < 1.0
+            values.append(torch.where(taylor, value, 0.0))
+            all_coeffs.append(torch.where(taylor, linear, 0.0)[:, None, :] * one_hot[None])
+            errors.append(torch.where(taylor, remainder, 1.0) + slack)
+        return torch.cat(values, 1), torch.cat(all_coeffs, 2), torch.cat(errors, 1)
 
     @torch.inference_mode()
     def _interval(self, centre: np.ndarray, radius: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

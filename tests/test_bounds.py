@@ -44,10 +44,10 @@ def assert_sound(decoder, code, seed=0):
             assert (values >= sigmoid(lower)[:, None]).all() and (values <= sigmoid(upper)[:, None]).all(), (method, size)
 
 
-@pytest.mark.parametrize("skips", [True, False])
-def test_random_decoder_outputs_lie_within_bounds(skips):
+@pytest.mark.parametrize("skips, octaves", [(True, 0), (False, 0), (True, 4), (False, 6)])
+def test_random_decoder_outputs_lie_within_bounds(skips, octaves):
     torch.manual_seed(0)
-    decoder = Decoder(code_dim=16, widths=(64, 48, 32), skips=skips).eval()
+    decoder = Decoder(code_dim=16, widths=(64, 48, 32), skips=skips, point_octaves=octaves).eval()
     with torch.no_grad():  # larger weights than the default init: a sharper, more nonlinear field
         for p in decoder.parameters():
             p.mul_(3.0)
@@ -71,7 +71,10 @@ def test_bounds_shrink_with_boxes_and_affine_is_tighter(tiny_checkpoint):
         for wide, narrow in zip(widths[method], widths[method][1:]):
             assert np.all(narrow <= wide + 1e-3)  # nested boxes
         assert np.median(widths[method][-1]) < 1e-2  # a point: only the rounding margin is left
-    for size in range(1, len(SIZES) - 1):  # over half the cube most neurons straddle 0: no winner
+    # Over half the cube most neurons straddle 0: no winner. With Fourier point features (the tiny
+    # model has 4 octaves) the Taylor form of sin/cos is loose until boxes are small against the
+    # highest frequency's period (1/8 of the cube), so affine wins on the small boxes.
+    for size in (2, 3):
         assert np.median(widths["affine"][size]) < np.median(widths["interval"][size])
     assert BOUND_COST == {"interval": 2.0, "affine": 5.0}
 
@@ -88,7 +91,7 @@ def test_affine_forms_bound_sub_boxes_and_points_without_a_pass(tiny_checkpoint)
     lower, upper = forms.over_boxes(box, flat, flat)
     logits = torch.logit(torch.from_numpy(occupancy(model.decoder, code, points.astype(np.float32)).reshape(-1)).double())
     inner = np.abs(logits.numpy()) < 15  # where float32's sigmoid is not saturated, logit is recoverable
-    assert inner.mean() > 0.2
+    assert inner.mean() > 0.05
     assert np.all(logits.numpy()[inner] >= lower[inner] - 1e-3) and np.all(logits.numpy()[inner] <= upper[inner] + 1e-3)
     whole_low, whole_high = forms.bounds()
     assert np.all(lower >= whole_low[box] - 1e-9) and np.all(upper <= whole_high[box] + 1e-9)
