@@ -18,6 +18,8 @@ from torch import nn
 
 from imnet.config import ModelConfig
 
+__all__ = ["LEAKY_SLOPE", "VoxelEncoder", "ImageEncoder", "SkipLinear", "Decoder", "IMNet"]
+
 LEAKY_SLOPE = 0.02  # the paper's LeakyReLU slope, used in every network
 
 

@@ -203,7 +203,7 @@ def extract_codes(
         `out`.
     """
     device = _resolve_device(device)
-    model, _ = load_model(checkpoint)
+    model, _ = load_model(checkpoint, stage="ae")
     encoder = model.voxel_encoder.to(device).eval()  # batch norm with its running statistics
     arrays: dict[str, np.ndarray] = {"checkpoint": np.array(str(checkpoint))}
     for split, path in (("train", data), ("val", val_data)):
@@ -240,7 +240,7 @@ def train_svr(config: SVRConfig, resume: bool = False, stop_after_epochs: int | 
         val_data = _read_data(config.val_data, ["pixels", "voxels"], "validation data") if config.val_data else None
         if not config.ae_checkpoint:
             raise SetupError("IM-SVR starts from a trained IM-AE: give --ae-checkpoint")
-        model, _ = load_model(config.ae_checkpoint)
+        model, _ = load_model(config.ae_checkpoint, stage="ae")
         if not config.codes:
             raise SetupError("IM-SVR regresses the AE's codes: give --codes (written by `python train.py codes`)")
         try:
@@ -358,7 +358,7 @@ class Run:
         path = self.out_dir / "last.pt"
         if not path.is_file():
             raise SetupError(f"nothing to resume: {path} does not exist (start without --resume)")
-        loaded, checkpoint = load_model(path, expected)
+        loaded, checkpoint = load_model(path, expected=expected)
         if checkpoint.get("stage") != self.stage:
             raise SetupError(f"{path} is a {checkpoint.get('stage')} checkpoint; cannot resume {self.stage} training from it")
         model.load_state_dict(loaded.state_dict())
