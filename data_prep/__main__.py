@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from imnet.config import DataPrepConfig, format_config
-from imnet.mesh import AXES, SHAPENET_FRONT, SHAPENET_UP
+from imnet.mesh import AXES, SHAPENET_FRONT, SHAPENET_UP, axis_argv
 
 EPILOG = """Output (in --out): <category>_train.hdf5 and <category>_test.hdf5 in IM-NET's layout, each with
 a names file (<same stem>.txt, one 'category/model_id' per row), failures.csv for shapes that could
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(axis_argv(sys.argv[1:] if argv is None else argv))
     try:
         print(run(args))
     except (FileNotFoundError, ValueError) as e:

@@ -11,7 +11,7 @@ import sys
 
 from eval.run import GT_MODES, EvalConfig
 from imnet.config import format_config
-from imnet.mesh import AXES, SHAPENET_FRONT, SHAPENET_UP
+from imnet.mesh import AXES, SHAPENET_FRONT, SHAPENET_UP, axis_argv
 
 RUN_EPILOG = """Output (in --out): per_shape.csv and per_shape.json (one row per shape, raw metrics), summary.md
 and summary.json (means per category and overall, with the conventions), report.html with images/
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(axis_argv(sys.argv[1:] if argv is None else argv))
     try:
         print(run(args))
     except (FileNotFoundError, ValueError) as e:  # user mistakes: one line, no traceback

@@ -47,6 +47,7 @@ __all__ = [
     "axes_rotation",
     "to_shapenet_axes",
     "from_shapenet_axes",
+    "axis_argv",
 ]
 
 MESH_SUFFIXES = (".obj", ".off", ".ply", ".stl", ".glb", ".gltf")
@@ -246,3 +247,19 @@ def to_shapenet_axes(mesh: trimesh.Trimesh, up: str = SHAPENET_UP, front: str = 
 def from_shapenet_axes(mesh: trimesh.Trimesh, up: str = SHAPENET_UP, front: str = SHAPENET_FRONT) -> trimesh.Trimesh:
     """The inverse of :func:`to_shapenet_axes`, in place; returns the mesh."""
     return _turn(mesh, axes_rotation(up, front).T)
+
+
+def axis_argv(argv: list[str], options: tuple[str, ...] = ("--up", "--front")) -> list[str]:
+    """Command-line arguments with ``--front -z`` joined into ``--front=-z``.
+
+    argparse reads a value that starts with "-" as the next option, so the negative axes could
+    otherwise only be given as ``--front=-z``; the programs taking ``--up``/``--front`` pass their
+    arguments through this first.
+    """
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in options and arg in AXES:
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out

@@ -313,14 +313,14 @@ def test_metrics_command_takes_the_ground_truths_axes(tmp_path, capsys):
     pred, gt = tmp_path / "pred.obj", tmp_path / "gt.obj"
     trimesh.creation.box(extents=(0.3, 0.5, 0.2)).apply_translation([0.05, 0.0, -0.1]).export(pred)
     chair.export(tmp_path / "gt_v2.obj")
-    from_shapenet_axes(chair.copy(), "+z", "+x").export(gt)  # the ground truth in z-up axes facing +x
+    from_shapenet_axes(chair.copy(), "+z", "-x").export(gt)  # the ground truth in z-up axes facing -x
 
     def scores(*argv):
         assert main(["metrics", str(pred), *argv, "--json", *FAST]) == 0
         return json.loads(capsys.readouterr().out)
 
     reference = scores(str(tmp_path / "gt_v2.obj"))
-    assert scores(str(gt), "--up", "+z", "--front", "+x") == pytest.approx(reference, abs=1e-6)
+    assert scores(str(gt), "--up", "+z", "--front", "-x") == pytest.approx(reference, abs=1e-6)
     assert scores(str(gt))["chamfer_l1"] != pytest.approx(reference["chamfer_l1"], abs=1e-3)  # a turned ground truth
 
 

@@ -122,3 +122,11 @@ def test_turning_there_and_back_is_exact():
     to_shapenet_axes(mesh, "+z", "+x")
     assert not np.array_equal(mesh.vertices, original)
     np.testing.assert_array_equal(from_shapenet_axes(mesh, "+z", "+x").vertices, original)
+
+
+def test_negative_axes_can_follow_their_option_on_the_command_line():
+    from imnet.mesh import axis_argv
+
+    assert axis_argv(["meshes", "in", "--up", "-y", "--front", "-z", "--out", "o"]) == [
+        "meshes", "in", "--up=-y", "--front=-z", "--out", "o"]
+    assert axis_argv(["--front=-x", "--out", "-z"]) == ["--front=-x", "--out", "-z"]  # other options untouched
