@@ -49,6 +49,6 @@ Demo finished in $(( $(date +%s) - start )) s.
   checkpoints  $OUT/ae/best.pt, $OUT/svr/best.pt   (metrics.csv, tensorboard/ beside them)
   meshes       $OUT/meshes/ (held-out views), $OUT/photos/ (real photos)   *_preview.png: input | mesh
   report       $OUT/eval/summary.md, $OUT/eval/report.html
-  web app      python -m imnet.app   (uses $OUT/svr/best.pt)
+  web app      python app.py   (uses $OUT/svr/best.pt)
 EOF
 grep -A4 "^| category" "$OUT/eval/summary.md" | head -6 || true

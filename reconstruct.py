@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 EXPORT_FORMATS = ("obj", "ply", "off", "stl", "glb")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -29,8 +28,10 @@ class Item:
     name: str
     path: Path | None = None
     pixels: np.ndarray | None = None  # uint8 [128, 128] already in network form (HDF5 views)
-    centre: np.ndarray | None = None  # normalisation, when known, to map meshes to the source frame
-    scale: float | None = None
+    centre: np.ndarray | None = None  # normalisation and axes of the source, when known (HDF5 rows),
+    scale: float | None = None  # to map meshes back to the source frame
+    up: str | None = None
+    front: str | None = None
 
 
 def collect_inputs(inputs: list[str], view: int, shapes: str | None) -> list[Item]:
@@ -54,6 +55,7 @@ def collect_inputs(inputs: list[str], view: int, shapes: str | None) -> list[Ite
 
 def hdf5_items(path: Path, view: int, shapes: str | None) -> list[Item]:
     from imnet.datafile import open_datafile
+    from imnet.images import crop_view
 
     data = open_datafile(path)
     if data.pixels is None:
@@ -65,16 +67,13 @@ def hdf5_items(path: Path, view: int, shapes: str | None) -> list[Item]:
         start, _, stop = shapes.partition(":")
         rows = range(int(start or 0), min(int(stop) if stop else int(start) + 1, len(data)))
     names = data.names or [f"shape_{i:05d}" for i in range(len(data))]
-    meta = data.meta or {}
     items = []
     for i in rows:
-        crop = np.asarray(data.pixels[i, view, 4:132, 4:132])  # the training crop
-        centre = meta.get("centre")
-        scale = meta.get("scale")
-        items.append(Item(
-            f"{names[i].replace('/', '_')}_view{view:02d}", None, crop,
-            None if centre is None else np.asarray(centre[i]), None if scale is None else float(scale[i]),
-        ))
+        item = Item(f"{names[i].replace('/', '_')}_view{view:02d}", pixels=crop_view(data.pixels[i, view]))
+        if data.meta is not None:
+            item.centre, item.scale = np.asarray(data.meta["centre"][i]), float(data.meta["scale"][i])
+            item.up, item.front = data.meta["up"][i], data.meta["front"][i]
+        items.append(item)
     return items
 
 
@@ -117,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--view", type=int, default=0, help="view index for HDF5 inputs (default 0)")
     p.add_argument("--shapes", help="rows of HDF5 inputs as START:STOP (default: all)")
     p.add_argument("--original-frame", action="store_true", help="map meshes back to the source mesh's frame "
-                   "when the normalisation is known (HDF5 inputs from data_prep)")
+                   "(its position, size and axes) when known: HDF5 inputs from data_prep")
     p.add_argument("--smooth", type=int, default=0, help="Taubin smoothing iterations (trimesh; default 0)")
     p.add_argument("--save-input", action="store_true", help="also write the 128x128 image the network saw (<name>_input.png)")
     p.add_argument("--save-code", action="store_true", help="also write the shape code z (<name>_code.npy)")
@@ -138,12 +137,13 @@ def run(args: argparse.Namespace) -> int:
     import trimesh
     from PIL import Image
 
-    from imnet.atomic import write_atomic
     from imnet.checkpoint import load_model
     from imnet.config import ReconstructConfig, format_config
     from imnet.images import preprocess
     from imnet.inference import reconstruct_image
+    from imnet.mesh import denormalise, from_shapenet_axes, save_mesh
     from imnet.precision import resolve_device
+    from imnet.progress import progress
 
     from imnet.extract import MAX_RESOLUTION
 
@@ -156,17 +156,20 @@ def run(args: argparse.Namespace) -> int:
     print(format_config(config))
     items = collect_inputs(args.inputs, args.view, args.shapes)
     device = resolve_device(config.device)
-    model, _ = load_model(args.checkpoint, map_location=device)
+    model, _ = load_model(args.checkpoint, stage="svr", map_location=device)
     model.to(device).eval()
+    options = dict(resolution=config.resolution, level=config.level, method=config.method,
+                   max_batch_points=config.max_batch_points, precision=config.precision)
 
     written, failed, empty = [], [], []
-    for item in tqdm(items, desc="reconstructing", unit="image", disable=len(items) < 2):
+    bar = progress(items, desc="reconstructing", unit="image", disable=len(items) < 2)
+    for item in bar:
         try:
             pixels = item.pixels if item.pixels is not None else preprocess(item.path, kind=args.kind)
         except ValueError as e:  # unreadable, empty, no object: skip this one, report at the end
             failed.append(f"{item.name}: {e}")
             continue
-        result = reconstruct_image(model, pixels, config.resolution, config.level, config.method, config.max_batch_points, config.precision)
+        result = reconstruct_image(model, pixels, **options)
         out = output_path(args, item, len(items))
         out.parent.mkdir(parents=True, exist_ok=True)
         if args.save_input:
@@ -181,15 +184,15 @@ def run(args: argparse.Namespace) -> int:
             continue
         if args.smooth:
             trimesh.smoothing.filter_taubin(mesh, iterations=args.smooth)
+        saved = mesh
         if args.original_frame and item.scale is not None:
-            mesh.apply_scale(item.scale)
-            mesh.apply_translation(item.centre)
-        write_atomic(out, mesh.export(file_type=out.suffix.lstrip(".").lower()))
+            saved = from_shapenet_axes(denormalise(mesh.copy(), item.centre, item.scale), item.up, item.front)
+        save_mesh(saved, out)
         if args.preview:
             write_preview(out.with_name(out.stem + "_preview.png"), pixels, mesh)
         written.append(out)
-        tqdm.write(f"{item.name}: {len(mesh.vertices)} vertices, {result.evaluations} decoder evaluations, "
-                   f"{result.seconds:.2f} s -> {out}")
+        bar.write(f"{item.name}: {len(mesh.vertices)} vertices, {result.evaluations} decoder evaluations, "
+                  f"{result.seconds:.2f} s -> {out}")
 
     for line in failed:
         print(f"reconstruct.py: skipped {line}", file=sys.stderr)
@@ -200,12 +203,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_preview(path: Path, pixels: np.ndarray, mesh) -> None:
-    """Input image and a shaded rendering of the mesh, side by side."""
+    """Input image and a shaded rendering of the mesh (in object space), side by side."""
     from PIL import Image
 
-    from imnet.render import render_rgb
+    from imnet.render import View, render_rgb
 
-    rendering = render_rgb(mesh, azimuth=30.0, elevation=25.0, size=256)
+    rendering = render_rgb(mesh, View(azimuth=30.0, elevation=25.0), size=256)
     left = np.repeat(np.asarray(Image.fromarray(pixels).resize((256, 256)))[..., None], 3, axis=2)
     Image.fromarray(np.concatenate([left, rendering], axis=1)).save(path)
 

@@ -23,6 +23,7 @@ import numpy as np
 from data_prep import pipeline, sources
 from data_prep.synthetic import generate_shape
 from imnet import datafile
+from imnet.mesh import load_mesh, normalisation, normalise
 from imnet.render import sample_r2n2_cameras
 from imnet.sampling import downsample_voxels, sample_points
 from imnet.voxelize import voxelize_solid
@@ -35,12 +36,11 @@ def time_shape(mesh_or_path, name: str, out_dir: Path) -> dict[str, float]:
     t = {}
     start = time.perf_counter()
     if isinstance(mesh_or_path, (str, Path)):
-        mesh = pipeline.load_mesh(mesh_or_path)
+        mesh = load_mesh(mesh_or_path)
     else:
         mesh = mesh_or_path
-    centre, scale = pipeline.normalisation(mesh.bounds)
-    mesh.apply_translation(-centre)
-    mesh.apply_scale(1.0 / scale)
+    centre, scale = normalisation(mesh.bounds)
+    normalise(mesh, centre, scale)
     t["load"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -1,4 +1,7 @@
-"""python -m data_prep {shapenet,meshes,binvox,synthetic,merge} ...: see --help of each."""
+"""python -m data_prep {shapenet,meshes,binvox,synthetic,merge} ...: see --help of each.
+
+A program of this project, run from the top of the checkout (it is not installed with the library).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import sys
 from pathlib import Path
 
 from imnet.config import DataPrepConfig, format_config
+from imnet.mesh import AXES, SHAPENET_FRONT, SHAPENET_UP, axis_argv
 
 EPILOG = """Output (in --out): <category>_train.hdf5 and <category>_test.hdf5 in IM-NET's layout, each with
 a names file (<same stem>.txt, one 'category/model_id' per row), failures.csv for shapes that could
@@ -65,8 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
 
     p = sub.add_parser("meshes", help="plain mesh folders, category = folder", epilog=EPILOG,
-                       description="Prepare <root>/<category>/<name>.{obj,off,ply,stl,glb} meshes.")
+                       description="Prepare <root>/<category>/<name>.{obj,off,ply,stl,glb} meshes. Meshes are "
+                       "turned into ShapeNet v2's axes (y up, front -z) from the axes given with --up and "
+                       "--front, which every shape's metadata records.")
     p.add_argument("root", help="folder of category folders")
+    p.add_argument("--up", choices=AXES, default=SHAPENET_UP, help="the meshes' axis that points up "
+                   "(default %(default)s; most CAD and scanning software: +z)")
+    p.add_argument("--front", choices=AXES, default=SHAPENET_FRONT, help="the meshes' axis the objects' front faces "
+                   "(a chair's seat opening, a car's bonnet; default %(default)s)")
     add_common(p)
 
     p = sub.add_parser("binvox", help="binvox voxel files (ShapeNetVox32, v2 *.solid.binvox, any binvox)",
@@ -98,7 +108,7 @@ def export_synthetic(categories: list[str], count: int, seed: int, root: Path) -
     """Write generated meshes as <root>/<synset>/synthetic_<category>_NNNN.obj (existing files are kept,
     so a rerun resumes); from there they take the plain mesh-folder path like any user's meshes."""
     from data_prep.synthetic import CATEGORIES, generate_shape
-    from imnet.atomic import write_atomic
+    from imnet.mesh import save_mesh
 
     unknown = [c for c in categories if c not in CATEGORIES]
     if unknown:
@@ -111,7 +121,7 @@ def export_synthetic(categories: list[str], count: int, seed: int, root: Path) -
         for i in range(count):
             path = folder / f"synthetic_{category}_{i:04d}.obj"
             if not path.is_file():
-                write_atomic(path, generate_shape(category, (seed, i)).export(file_type="obj"))
+                save_mesh(generate_shape(category, (seed, i)), path)
     return root
 
 
@@ -128,7 +138,7 @@ def run(args: argparse.Namespace) -> str:
         ids = Path(args.ids).read_text().split() if args.ids else None
         found = sources.shapenet_sources(args.root, args.synsets, ids)
     elif args.command == "meshes":
-        found = sources.mesh_folder_sources(args.root)
+        found = sources.mesh_folder_sources(args.root, up=args.up, front=args.front)
     elif args.command == "binvox":
         found = sources.binvox_sources(args.root)
     else:
@@ -136,7 +146,8 @@ def run(args: argparse.Namespace) -> str:
     if getattr(args, "r2n2", None):
         found = sources.attach_r2n2_views(found, args.r2n2)
     print(format_config(config), file=sys.stderr)
-    print(f"{len(found)} shapes found", file=sys.stderr)
+    axes = sorted({(s.up, s.front) for s in found})
+    print(f"{len(found)} shapes found; source axes (up, front): {', '.join(' '.join(a) for a in axes)}", file=sys.stderr)
     summary = pipeline.prepare(found, config)
     if summary.failed:
         print(f"{len(summary.failed)} shapes failed; reasons in {Path(args.out) / pipeline.FAILURES_FILE}", file=sys.stderr)
@@ -144,7 +155,7 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(axis_argv(sys.argv[1:] if argv is None else argv))
     try:
         print(run(args))
     except (FileNotFoundError, ValueError) as e:

@@ -1,5 +1,6 @@
-"""The data-prep pipeline: shape source -> normalised mesh -> 256^3 solid voxels -> IM-NET point
-samples -> 24 views -> one record file per shape -> HDF5 files per category and split.
+"""The data-prep pipeline: shape source -> mesh in ShapeNet v2's axes, normalised (`imnet.mesh`) ->
+256^3 solid voxels -> IM-NET point samples -> 24 views -> one record file per shape -> HDF5 files
+per category and split.
 
 Fault tolerance: each shape's result is written to its own record file (atomically), so an
 interrupted run loses at most the shapes in flight and a rerun skips what is done. A shape that
@@ -23,12 +24,22 @@ from pathlib import Path
 
 import numpy as np
 import trimesh
-from tqdm import tqdm
 
 from data_prep.sources import ShapeSource, read_r2n2_cameras
 from imnet import datafile
 from imnet.binvox import binvox_bounds, read_binvox
 from imnet.config import DataPrepConfig
+from imnet.mesh import (
+    SHAPENET_FRONT,
+    SHAPENET_UP,
+    MeshError,
+    axes_rotation,
+    load_mesh,
+    normalisation,
+    normalise,
+    to_shapenet_axes,
+)
+from imnet.progress import progress
 from imnet.sampling import GRID, downsample_voxels, lattice_occupancy, sample_points
 from imnet.voxelize import voxelize_solid
 
@@ -43,54 +54,33 @@ class ShapeError(ValueError):
 # --- one shape -----------------------------------------------------------------------------------
 
 
-def load_mesh(path: str | Path, max_faces: int = 2_000_000) -> trimesh.Trimesh:
-    """Read any mesh file trimesh reads as one triangle mesh, or raise ShapeError saying why not."""
-    try:
-        mesh = trimesh.load(path, force="mesh", process=False, skip_materials=True)
-    except Exception as e:  # trimesh raises many types for unreadable files
-        raise ShapeError(f"unreadable mesh: {type(e).__name__}: {e}") from None
-    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
-        raise ShapeError("mesh has no triangles")
-    if len(mesh.faces) > max_faces:
-        raise ShapeError(f"mesh has {len(mesh.faces)} triangles, more than max_faces={max_faces}")
-    if not np.isfinite(mesh.vertices).all():
-        raise ShapeError("mesh has NaN or infinite vertex coordinates")
-    if mesh.area <= 0 or np.ptp(mesh.vertices, axis=0).max() <= 0:
-        raise ShapeError("mesh is degenerate (zero area or zero extent)")
-    return mesh
+def turn_binvox(
+    voxels: np.ndarray, translate: np.ndarray, scale: float, up: str, front: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """A binvox grid in a source frame with axes ``up``/``front`` turned into ShapeNet v2's, exactly.
+
+    The turn (`imnet.mesh.axes_rotation`) is a signed permutation of the axes, so the grid is
+    transposed and flipped, and its box moved to match: no resampling.
+    """
+    rotation = axes_rotation(up, front)
+    source_axis = np.abs(rotation).argmax(axis=1)  # target axis j comes from source axis source_axis[j]
+    sign = rotation[np.arange(3), source_axis]
+    turned = np.flip(voxels.transpose(source_axis), axis=[j for j in range(3) if sign[j] < 0])
+    low = np.array([translate[i] if s > 0 else -(translate[i] + scale) for i, s in zip(source_axis, sign)])
+    return np.ascontiguousarray(turned), low
 
 
-def normalisation(bounds: np.ndarray) -> tuple[np.ndarray, float]:
-    """Centre and scale that map a shape's bounding box [2, 3] into [-0.5, 0.5]^3:
-    centre of the box, scale = its diagonal (docs/design.md); p_norm = (p - centre) / scale."""
-    centre = bounds.mean(axis=0)
-    scale = float(np.linalg.norm(bounds[1] - bounds[0]))
-    if not np.isfinite(scale) or scale <= 0:
-        raise ShapeError("shape has zero extent")
-    return centre.astype(np.float32), scale
-
-
-# ShapeNetCore v1 (and ShapeNetVox32, 3D-R2N2's voxels) is the v2 frame turned -90 degrees about y:
-# front +x instead of -z. Turning v1 inputs by +90 degrees about y puts all ShapeNet data in one frame,
-# the one our cameras are defined in (3D-R2N2's rendering_metadata.txt then frames them as its images).
-V1_TO_V2 = trimesh.transformations.rotation_matrix(np.pi / 2, [0.0, 1.0, 0.0])
-
-
-def binvox_v1_to_v2(voxels: np.ndarray, translate: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Turn a binvox grid by +90 degrees about the world y axis (x' = z, z' = -x), exactly."""
-    turned = voxels.transpose(2, 1, 0)[:, :, ::-1]
-    return turned, np.array([translate[2], translate[1], -(translate[0] + scale)])
-
-
-def solid_from_binvox(path: str | Path, resolution: int, frame: str = "v2") -> tuple[np.ndarray, np.ndarray, float]:
+def solid_from_binvox(
+    path: str | Path, resolution: int, up: str = SHAPENET_UP, front: str = SHAPENET_FRONT
+) -> tuple[np.ndarray, np.ndarray, float]:
     """A binvox solid resampled (nearest voxel) onto the normalised `resolution`^3 grid.
 
     Returns (solid bool [R, R, R], centre [3], scale) in the same normalisation as meshes, using the
-    bounding box of the occupied voxels. `frame="v1"` turns ShapeNetVox32 grids into the v2 frame.
+    bounding box of the occupied voxels, after turning the grid from the source's axes (e.g.
+    ShapeNetVox32's, up "+y", front "+x") into ShapeNet v2's.
     """
     voxels, translate, scale = read_binvox(path)
-    if frame == "v1":
-        voxels, translate = binvox_v1_to_v2(voxels, translate, scale)
+    voxels, translate = turn_binvox(voxels, translate, scale, up, front)
     if not voxels.any():
         raise ShapeError("binvox file holds no occupied voxel")
     d = voxels.shape[0]
@@ -147,16 +137,15 @@ def shape_seed(name: str, seed: int) -> np.random.Generator:
 def prepare_shape(source: ShapeSource, config: DataPrepConfig) -> dict[str, np.ndarray]:
     """Everything IM-NET stores for one shape, as a record of numpy arrays."""
     rng = shape_seed(source.name, config.seed)
-    mesh = load_mesh(source.path, config.max_faces) if source.kind == "mesh" else None
-    if mesh is not None and source.frame == "v1":
-        mesh.apply_transform(V1_TO_V2)
+    mesh = None
+    if source.kind == "mesh":
+        mesh = to_shapenet_axes(load_mesh(source.path, max_faces=config.max_faces), source.up, source.front)
     if mesh is None or (config.voxels_from == "binvox" and source.binvox):
-        solid, centre, scale = solid_from_binvox(source.binvox or source.path, GRID, source.frame)
+        solid, centre, scale = solid_from_binvox(source.binvox or source.path, GRID, source.up, source.front)
     else:
         centre, scale = normalisation(mesh.bounds)
     if mesh is not None:
-        mesh.apply_translation(-centre)
-        mesh.apply_scale(1.0 / scale)
+        normalise(mesh, centre, scale)
         if config.voxels_from != "binvox" or not source.binvox:
             solid = voxelize_solid(mesh, GRID, close_gaps=config.close_gaps)
     if not solid.any():
@@ -166,6 +155,8 @@ def prepare_shape(source: ShapeSource, config: DataPrepConfig) -> dict[str, np.n
         "source": np.array(str(source.path)),
         "centre": centre.astype(np.float32),
         "scale": np.float32(scale),
+        "up": np.array(source.up),
+        "front": np.array(source.front),
         "voxels": downsample_voxels(solid, 64)[..., None].astype(np.uint8),
         **sample_points(solid, rng),
         "occupancy_64": lattice_occupancy(solid, 64),
@@ -224,7 +215,7 @@ def _work(source: ShapeSource, config: DataPrepConfig, out_dir: str) -> tuple[st
         path.parent.mkdir(parents=True, exist_ok=True)
         datafile.write_shape_record(path, record)
         return source.name, ""
-    except ShapeError as e:
+    except (ShapeError, MeshError) as e:
         return source.name, str(e)
     except Exception as e:  # a bug or a library error on a strange mesh must not end the run
         return source.name, f"{type(e).__name__}: {e}"
@@ -244,7 +235,7 @@ def prepare(sources: list[ShapeSource], config: DataPrepConfig, assemble: bool |
     todo = [s for s in mine if not record_path(out_dir, s.name).is_file()]
     summary = RunSummary(skipped=len(mine) - len(todo))
 
-    with tqdm(total=len(todo), desc="preparing shapes", unit="shape", disable=not todo) as bar:
+    with progress(total=len(todo), desc="preparing shapes", unit="shape", disable=not todo) as bar:
         if config.workers <= 1:
             results = (_work(s, config, str(out_dir)) for s in todo)
             for name, error in results:
@@ -270,7 +261,7 @@ def prepare(sources: list[ShapeSource], config: DataPrepConfig, assemble: bool |
     return summary
 
 
-def _tally(summary: RunSummary, name: str, error: str, bar: tqdm) -> None:
+def _tally(summary: RunSummary, name: str, error: str, bar) -> None:
     if error:
         summary.failed.append((name, error))
         bar.write(f"failed: {name}: {error}")

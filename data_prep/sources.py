@@ -12,15 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-MESH_SUFFIXES = (".obj", ".off", ".ply", ".stl", ".glb", ".gltf")
+from imnet.datafile import SYNSETS
+from imnet.mesh import MESH_SUFFIXES, SHAPENET_FRONT, SHAPENET_UP, axes_rotation
 
-SYNSETS = {
-    "airplane": "02691156", "bench": "02828884", "cabinet": "02933112", "car": "02958343",
-    "chair": "03001627", "display": "03211117", "lamp": "03636649", "speaker": "03691459",
-    "rifle": "04090263", "sofa": "04256520", "table": "04379243", "telephone": "04401088",
-    "watercraft": "04530566",
-}
-"""The 13 standard ShapeNet categories of single-view reconstruction papers."""
+# ShapeNetCore v1 (and ShapeNetVox32, voxelised from it, and so 3D-R2N2's renderings) is ShapeNet
+# v2's frame turned -90 degrees about y: y up, the front towards +x instead of -z.
+V1_UP, V1_FRONT = "+y", "+x"
 
 
 @dataclass(frozen=True)
@@ -32,8 +29,9 @@ class ShapeSource:
     path: the mesh or binvox file.
     views_dir: a 3D-R2N2 `rendering/` folder to take the views from (else views are rendered).
     binvox: an official solid binvox to voxelise from instead of the mesh (`--voxels-from binvox`).
-    frame: "v2" (ShapeNetCore v2 orientation: y up, front -z; also any other mesh) or "v1"
-        (ShapeNetCore v1 and ShapeNetVox32: front +x), which the pipeline turns into "v2".
+    up, front: the source's axes (`imnet.mesh`): which axis points up and which one the object's
+        front faces. The pipeline turns the shape into ShapeNet v2's axes (up +y, front -z) and
+        records both. ShapeNetCore v1 and ShapeNetVox32 are up +y, front +x.
     """
 
     name: str
@@ -41,7 +39,11 @@ class ShapeSource:
     path: str
     views_dir: str = ""
     binvox: str = ""
-    frame: str = "v2"
+    up: str = SHAPENET_UP
+    front: str = SHAPENET_FRONT
+
+    def __post_init__(self):
+        axes_rotation(self.up, self.front)  # refuse impossible axes here, not in a worker
 
     @property
     def category(self) -> str:
@@ -84,9 +86,9 @@ def shapenet_sources(root: str | Path, synsets: list[str] | None = None, ids: li
             solid = model_dir / "models" / "model_normalized.solid.binvox"
             if mesh is None:
                 continue  # the pipeline reports missing meshes only for ids the user asked for
+            axes = {} if mesh == v2 else {"up": V1_UP, "front": V1_FRONT}
             sources.append(ShapeSource(
-                f"{synset}/{model_dir.name}", "mesh", str(mesh),
-                binvox=str(solid) if solid.is_file() else "", frame="v2" if mesh == v2 else "v1",
+                f"{synset}/{model_dir.name}", "mesh", str(mesh), binvox=str(solid) if solid.is_file() else "", **axes
             ))
     if wanted_ids is not None:
         missing = wanted_ids - {s.model_id for s in sources}
@@ -95,13 +97,17 @@ def shapenet_sources(root: str | Path, synsets: list[str] | None = None, ids: li
     return sources
 
 
-def mesh_folder_sources(root: str | Path) -> list[ShapeSource]:
-    """Plain mesh folders: `<root>/<category>/<name>.<obj|off|ply|stl|glb>`, category = folder."""
+def mesh_folder_sources(root: str | Path, up: str = SHAPENET_UP, front: str = SHAPENET_FRONT) -> list[ShapeSource]:
+    """Plain mesh folders: `<root>/<category>/<name>.<obj|off|ply|stl|glb>`, category = folder.
+
+    `up` and `front` are the meshes' axes (e.g. "+z" and "+x" for a z-up CAD export facing +x);
+    by default ShapeNet v2's.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"mesh folder not found: {root}")
     sources = [
-        ShapeSource(f"{path.parent.name}/{path.stem}", "mesh", str(path))
+        ShapeSource(f"{path.parent.name}/{path.stem}", "mesh", str(path), up=up, front=front)
         for path in sorted(root.glob("*/*"))
         if path.suffix.lower() in MESH_SUFFIXES
     ]
@@ -120,14 +126,14 @@ def binvox_sources(root: str | Path) -> list[ShapeSource]:
     for path in sorted(root.rglob("*.binvox")):
         if path.name.endswith(".surface.binvox"):
             continue  # ShapeNet v2's surface-only voxels are not solid
-        frame = "v2"
+        axes = {}
         if path.name == "model.binvox":  # ShapeNetVox32, voxelised from ShapeNetCore v1
-            name, frame = f"{path.parent.parent.name}/{path.parent.name}", "v1"
+            name, axes = f"{path.parent.parent.name}/{path.parent.name}", {"up": V1_UP, "front": V1_FRONT}
         elif path.name == "model_normalized.solid.binvox":
             name = f"{path.parents[2].name}/{path.parents[1].name}"
         else:
             name = f"{path.parent.name}/{path.stem}"
-        sources.append(ShapeSource(name, "binvox", str(path), frame=frame))
+        sources.append(ShapeSource(name, "binvox", str(path), **axes))
     if not sources:
         raise ValueError(f"no .binvox files found under {root}")
     return sources

@@ -26,14 +26,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import trimesh
 
+from imnet.datafile import SYNSETS
+from imnet.mesh import normalise
+
 # Category name -> ShapeNet synset id, so that synthetic data is laid out and named like ShapeNet.
-CATEGORIES: dict[str, str] = {
-    "airplane": "02691156",
-    "chair": "03001627",
-    "lamp": "03636649",
-    "sofa": "04256520",
-    "table": "04379243",
-}
+CATEGORIES: dict[str, str] = {name: SYNSETS[name] for name in ("airplane", "chair", "lamp", "sofa", "table")}
 
 Seed = int | Sequence[int]
 
@@ -645,11 +642,7 @@ def build_shape(params: Parameters) -> trimesh.Trimesh:
         )
     parts = _BUILDERS[type(params)](params)
     # Plain concatenation, no vertex merging: parts that touch must stay separate closed bodies.
-    mesh = trimesh.util.concatenate(parts)
-    lower, upper = mesh.bounds
-    mesh.apply_translation(-(lower + upper) / 2)
-    mesh.apply_scale(1.0 / np.linalg.norm(upper - lower))
-    return mesh
+    return normalise(trimesh.util.concatenate(parts))
 
 
 def generate_shape(category: str, seed: Seed) -> trimesh.Trimesh:

@@ -1,4 +1,7 @@
-"""python -m eval {run,metrics} ...: see --help of each."""
+"""python -m eval {run,metrics} ...: see --help of each.
+
+A program of this project, run from the top of the checkout (it is not installed with the library).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import sys
 
 from eval.run import GT_MODES, EvalConfig
 from imnet.config import format_config
+from imnet.mesh import AXES, SHAPENET_FRONT, SHAPENET_UP, axis_argv
 
 RUN_EPILOG = """Output (in --out): per_shape.csv and per_shape.json (one row per shape, raw metrics), summary.md
 and summary.json (means per category and overall, with the conventions), report.html with images/
@@ -49,16 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "found, else the stored 64^3 voxels (auto, default); require the mesh; or always the voxels")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--no-html", action="store_true", help="skip report.html and its renders (faster)")
-    p.add_argument("--published", action="store_true", help="add the published numbers (their data and "
-                   "protocol, REFERENCE.md) to summary.md")
+    p.add_argument("--published", action="store_true", help="add the published numbers of IM-NET and "
+                   "Occupancy Networks (their data and protocol, docs/published.md) to summary.md")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the IoU points and surface samples")
 
     p = sub.add_parser("metrics", help="compare two mesh files", description="Print every metric of a predicted "
-                       "mesh against a ground-truth mesh, both in object space [-0.5, 0.5]^3 (or use --normalize).")
+                       "mesh against a ground-truth mesh, both in object space [-0.5, 0.5]^3 with ShapeNet v2's axes "
+                       "(y up, front -z); a ground truth in other axes is turned with --up/--front, one in other "
+                       "units mapped with --normalize.")
     p.add_argument("prediction", help="predicted mesh file (closed, e.g. from reconstruct.py)")
     p.add_argument("ground_truth", help="ground-truth mesh file (need not be watertight)")
-    p.add_argument("--normalize", action="store_true", help="map both meshes with the ground truth's normalisation "
-                   "(bounding-box centre to the origin, diagonal to 1) first")
+    p.add_argument("--up", choices=AXES, default=SHAPENET_UP, help="the ground truth's axis that points up "
+                   "(default %(default)s; as for `data_prep meshes`)")
+    p.add_argument("--front", choices=AXES, default=SHAPENET_FRONT, help="the ground truth's axis its front faces "
+                   "(default %(default)s)")
+    p.add_argument("--normalize", action="store_true", help="both meshes are in the ground truth's source frame "
+                   "(e.g. reconstruct.py --original-frame): turn both by --up/--front and map both with the ground "
+                   "truth's normalisation (bounding-box centre to the origin, diagonal to 1) first")
     p.add_argument("--points", type=int, default=d.iou_points, help="IoU points (default %(default)s)")
     p.add_argument("--surface-points", type=int, default=d.surface_points, help="points per surface (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="sampling seed")
@@ -71,8 +82,9 @@ def run(args: argparse.Namespace) -> str:
     from eval.run import compare_mesh_files, evaluate
 
     if args.command == "metrics":
-        scores = compare_mesh_files(args.prediction, args.ground_truth, normalize=args.normalize,
-                                    iou_points=args.points, surface_points=args.surface_points, seed=args.seed)
+        scores = compare_mesh_files(args.prediction, args.ground_truth, normalize=args.normalize, up=args.up,
+                                    front=args.front, iou_points=args.points, surface_points=args.surface_points,
+                                    seed=args.seed)
         if args.json:
             return json.dumps(scores, indent=1)
         lines = []
@@ -94,7 +106,7 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(axis_argv(sys.argv[1:] if argv is None else argv))
     try:
         print(run(args))
     except (FileNotFoundError, ValueError) as e:  # user mistakes: one line, no traceback

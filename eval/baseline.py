@@ -26,15 +26,14 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from imnet.datafile import ShapeData
-from imnet.images import INPUT_SIZE, VIEW_CROP
+from imnet.images import INPUT_SIZE, crop_view, input_tensor
 from imnet.model import IMNet
+from imnet.progress import progress as progress_bar
 
 FEATURES = ("pixels", "encoder")
 POOL = 4  # 128x128 crops -> 32x32 pixel features
-CROP = slice(VIEW_CROP, VIEW_CROP + INPUT_SIZE)  # the network-input crop of a stored 137x137 view
 
 Featurizer = Callable[[np.ndarray], np.ndarray]
 
@@ -65,8 +64,8 @@ def encoder_featurizer(model: IMNet, *, batch_size: int = 256) -> Featurizer:
         out = []
         with torch.inference_mode():
             for start in range(0, len(flat), batch_size):
-                batch = torch.from_numpy(flat[start : start + batch_size].astype(np.float32) / 255.0)
-                out.append(trunk(batch[:, None].to(device)).flatten(1).float().cpu().numpy())
+                batch = input_tensor(flat[start : start + batch_size]).to(device)
+                out.append(trunk(batch).flatten(1).float().cpu().numpy())
         features = np.concatenate(out) if out else np.zeros((0, net.fc.in_features), np.float32)
         return features.reshape(*images.shape[:-2], -1)
 
@@ -91,9 +90,9 @@ def view_features(
     """
     if data.pixels is None:
         raise ValueError(f"{data.path} holds no views ('pixels'); retrieval needs rendered training views")
-    with tqdm(total=len(data), desc="retrieval features", unit="shape", disable=not progress) as bar:
+    with progress_bar(total=len(data), desc="retrieval features", unit="shape", disable=not progress) as bar:
         for start in range(0, len(data), chunk_shapes):
-            views = np.asarray(data.pixels[start : start + chunk_shapes])[..., CROP, CROP]
+            views = crop_view(np.asarray(data.pixels[start : start + chunk_shapes]))
             yield start, featurize(views)
             bar.update(len(views))
 

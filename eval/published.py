@@ -1,4 +1,5 @@
-"""Published single-view reconstruction numbers, as data (from docs REFERENCE.md, section 3).
+"""Published single-view reconstruction numbers, as data; docs/published.md lists them with the
+paper or release each comes from.
 
 These are THEIR numbers, on THEIR data and protocol: ShapeNet's 13 categories with 3D-R2N2's
 views and test splits, their ground-truth meshes (Occupancy Networks: watertight re-meshes), their
@@ -19,6 +20,19 @@ ONET_UPDATED = "ONet, updated table"
 ONET_PAPER = "ONet, CVPR 2019 Table 1"
 IMNET_IMPROVED = "IM-NET improved release"
 IMNET_ORIGINAL = "IM-NET original, first 100 test shapes"
+
+CITATIONS = {
+    ONET_UPDATED: "Mescheder et al., Occupancy Networks: Learning 3D Reconstruction in Function Space, CVPR 2019; "
+    "the updated single-view table of their code release (github.com/autonomousvision/occupancy_networks, README), "
+    "a model trained without image augmentation",
+    ONET_PAPER: "Mescheder et al., Occupancy Networks: Learning 3D Reconstruction in Function Space, CVPR 2019, Table 1 "
+    "(3D-R2N2, Pixel2Mesh and AtlasNet as measured there)",
+    IMNET_IMPROVED: "Chen & Zhang, the improved IM-NET release (github.com/czq142857/IM-NET, README evaluation table): "
+    "one model for 13 categories, IM-NET's Chamfer protocol, with Occupancy Networks and AtlasNet measured the same way",
+    IMNET_ORIGINAL: "Chen & Zhang, Learning Implicit Fields for Generative Shape Modeling, CVPR 2019, single-view "
+    "reconstruction table (first 100 test shapes of each category)",
+}
+"""Where each table of published numbers was printed (docs/published.md)."""
 
 CATEGORY_MEAN = "mean"
 """The ``category`` of a number averaged over the 13 categories."""

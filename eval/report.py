@@ -42,10 +42,12 @@ import numpy as np
 import trimesh
 from PIL import Image
 
-from data_prep.sources import SYNSETS
-from eval.published import CATEGORY_MEAN, published_results
+from eval.published import CATEGORY_MEAN, CITATIONS, published_results
 from imnet.atomic import write_atomic
+from imnet.datafile import category_label
+from imnet.images import VIEW_CROP, VIEW_SIZE
 from imnet.metrics import IMNET_CD_SCALE, ONET_CD_SCALE
+from imnet.render import View
 
 RETRIEVAL_PREFIX = "retrieval_"
 
@@ -64,11 +66,8 @@ SHAPE_COLUMNS = ("iou", "chamfer_l1", "normal_consistency", "fscore@1%", "chamfe
 HEADLINE = ("iou", "chamfer_l1", "normal_consistency", "fscore@1%")
 
 METHOD_LABELS = {"network": "IM-NET (this checkpoint)", "meshes": "given meshes", "retrieval": "retrieval baseline"}
-PUBLISHED_LABEL = "published, their data/protocol (REFERENCE.md)"
+PUBLISHED_LABEL = "published, their data/protocol (docs/published.md)"
 
-DEFAULT_CAMERA = (45.0, 25.0, 0.8)  # azimuth, elevation, distance ratio when the data holds no cameras
-RENDER_SIZE = 137  # rendered like the stored views, then cropped like the network input
-RENDER_CROP = slice(4, 132)
 RENDER_COLORS = {"gt": (0.7, 0.7, 0.7), "prediction": (0.55, 0.7, 0.95), "retrieved": (0.95, 0.7, 0.5)}
 
 _COLUMNS = {key: (label, scale, higher) for key, label, scale, higher in TABLE_COLUMNS}
@@ -80,14 +79,6 @@ PUBLISHED_COLUMNS = ("iou", "chamfer_l1", "normal_consistency", "chamfer_imnet")
 
 # ---------------------------------------------------------------------------------------------
 # Summary
-
-
-def category_label(category: str) -> str:
-    """'03001627' -> 'chair (03001627)'; other names unchanged."""
-    names = {synset: name for name, synset in SYNSETS.items()}
-    if category in names:
-        return f"{names[category]} ({category})"
-    return category or "(no category)"
 
 
 def _means(rows: list[dict], prefix: str) -> dict:
@@ -149,7 +140,7 @@ def conventions(run: dict, has_retrieval: bool) -> list[str]:
     """The conventions of a run, in words, for the headers of summary.md and report.html."""
     lines = [
         f"Input: view {run['view']} of each test shape, the 128x128 crop [4:132, 4:132] of the stored 137x137 "
-        "rendering (what the network was trained on)."
+        "rendering (what the network was trained on). Conventions and metrics: docs/conventions.md."
         + (f" Reconstruction: coarse-to-fine marching cubes at {run['resolution']}^3, level 0.5."
            if run.get("resolution") else f" Meshes read from {run['meshes']}."),
         "Ground truth: the source mesh of each shape normalised with the data file's centre/scale (source_mesh), "
@@ -234,6 +225,8 @@ def markdown(summary: dict) -> str:
                   "with 3D-R2N2's views and splits, their ground truth and sampling; not directly comparable with "
                   "the table above.", ""]
         lines += _markdown_table(_published_rows(summary), PUBLISHED_COLUMNS, first=("category", "method [table]"))
+        sources = sorted({result["source"] for result in summary["published"]["results"]})
+        lines += ["", "Sources:", ""] + [f"- [{source}] {CITATIONS[source]}" for source in sources]
     return "\n".join(lines) + "\n"
 
 
@@ -323,7 +316,7 @@ class ImageWriter:
         name: str,
         image: np.ndarray | None,
         meshes: dict[str, trimesh.Trimesh],
-        camera: tuple[float, float, float],
+        camera: View,
     ) -> dict[str, str | None]:
         """Save the input image and renders of ``meshes`` (keys: gt, prediction, retrieved).
 
@@ -342,17 +335,16 @@ class ImageWriter:
                     paths[kind] = self._save(index, kind, picture)
         return paths
 
-    def _render(self, mesh: trimesh.Trimesh, camera: tuple[float, float, float], color, name: str) -> np.ndarray | None:
+    def _render(self, mesh: trimesh.Trimesh, camera: View, color, name: str) -> np.ndarray | None:
         from imnet.render import render_rgb
 
-        azimuth, elevation, distance_ratio = camera
         try:
-            picture = render_rgb(mesh, azimuth, elevation, RENDER_SIZE, distance_ratio=distance_ratio, color=color)
+            picture = render_rgb(mesh, camera, VIEW_SIZE, color=color)
         except Exception as e:  # no EGL / OpenGL here: still worth a report with the numbers
             warnings.warn(f"rendering failed ({type(e).__name__}: {e}) at {name}; report.html has no renders", stacklevel=2)
             self.rendering = False
             return None
-        return picture[RENDER_CROP, RENDER_CROP]
+        return picture[VIEW_CROP, VIEW_CROP]  # framed like the network input
 
     def _save(self, index: int, kind: str, picture: np.ndarray) -> str:
         buffer = io.BytesIO()

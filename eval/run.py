@@ -4,13 +4,15 @@ baseline scored the same way.
     result = evaluate(EvalConfig(data="chair_test.hdf5", out_dir="eval_out", checkpoint="svr.pt",
                                  train_data="chair_train.hdf5"))
 
-For every shape of the test file, the network reconstructs a mesh from one stored view (the 128x128
-crop ``pixels[i, view, 4:132, 4:132]`` it was trained on), or the mesh is read from a folder of meshes
-reconstructed earlier. The metrics are ``imnet.metrics``' (see its docstring for both protocols).
+For every shape of the test file, the network reconstructs a mesh from one stored view (its 128x128
+network input, ``imnet.images.crop_view``, what it was trained on), or the mesh is read from a folder
+of meshes reconstructed earlier. The metrics are ``imnet.metrics``' (see its docstring for both
+protocols, and docs/conventions.md).
 
 Ground truth (:func:`ground_truth`)
     Surface: the source mesh named in the data file (``meta/source``, written by data_prep), mapped
-    into object space with the file's ``meta`` centre and scale -- kind ``"source_mesh"``. When that
+    into object space exactly as data_prep did, with the file's ``meta`` axes (up, front), centre
+    and scale (``imnet.mesh``) -- kind ``"source_mesh"``. When that
     file cannot be used (data prepared elsewhere, IM-NET's published files, binvox sources), the
     marching-cubes surface of the stored 64^3 voxels -- kind ``"voxels64"``. Each row of the results
     says which one was used.
@@ -40,14 +42,22 @@ from pathlib import Path
 
 import numpy as np
 import trimesh
-from tqdm import tqdm
 
-from data_prep.pipeline import ShapeError, load_mesh
-from data_prep.sources import MESH_SUFFIXES
 from eval import baseline, report
 from imnet.config import EvalConfig
 from imnet.datafile import ShapeData, open_datafile
 from imnet.extract import grid_to_mesh
+from imnet.images import crop_view
+from imnet.mesh import (
+    MESH_SUFFIXES,
+    SHAPENET_FRONT,
+    SHAPENET_UP,
+    MeshError,
+    load_mesh,
+    normalisation,
+    normalise,
+    to_shapenet_axes,
+)
 from imnet.metrics import (
     chamfer_imnet,
     iou_meshes,
@@ -57,6 +67,8 @@ from imnet.metrics import (
     sample_iou_points,
 )
 from imnet.model import IMNet
+from imnet.progress import progress
+from imnet.render import DEFAULT_VIEW, View
 from imnet.voxelize import voxelize_solid
 
 GT_RESOLUTION = 128  # voxel grid of the ground-truth solid when the source mesh is used
@@ -175,11 +187,10 @@ def _normalised_source_mesh(data: ShapeData, index: int) -> tuple[trimesh.Trimes
         return None, "the file holds no normalisation (meta centre/scale) for its source mesh"
     try:
         mesh = load_mesh(path)
-    except ShapeError as e:
-        return None, f"{path}: {e}"
-    mesh.apply_translation(-centre)
-    mesh.apply_scale(1.0 / scale)
-    return mesh, ""
+    except MeshError as e:
+        return None, str(e)
+    to_shapenet_axes(mesh, data.meta["up"][index], data.meta["front"][index])
+    return normalise(mesh, centre, scale), ""
 
 
 def score_mesh(
@@ -231,16 +242,14 @@ def read_prediction(folder: Path, stem: str) -> Prediction:
 
 
 def read_mesh_file(path: Path) -> Prediction:
-    """A predicted mesh from a file; never raises for a bad file: the status says what was wrong."""
+    """A predicted mesh from a file; never raises for a bad file: the status says what was wrong
+    ("empty" for an empty file, "unreadable" for anything ``imnet.mesh.load_mesh`` refuses)."""
     if path.stat().st_size == 0:
         return Prediction(trimesh.Trimesh(), "empty")
     try:
-        mesh = trimesh.load(path, force="mesh", process=False, skip_materials=True)
-    except Exception:  # trimesh raises many types for broken (or face-less) files
+        return Prediction(load_mesh(path), "ok")
+    except MeshError:
         return Prediction(trimesh.Trimesh(), "unreadable")
-    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
-        return Prediction(trimesh.Trimesh(), "empty")
-    return Prediction(mesh, "ok")
 
 
 def _predictor(
@@ -269,13 +278,7 @@ def _load_model(config: EvalConfig) -> IMNet:
     from imnet.precision import resolve_device
 
     device = resolve_device(config.device)
-    model, checkpoint = load_model(config.checkpoint, map_location=device)
-    stage = checkpoint.get("stage")
-    if stage != "svr":
-        raise ValueError(
-            f"{config.checkpoint} is a {stage!r} checkpoint, not an SVR one: its image encoder is untrained. "
-            "Evaluate the checkpoint of `train.py svr`"
-        )
+    model, _ = load_model(config.checkpoint, stage="svr", map_location=device)
     return model.to(device).eval()
 
 
@@ -315,16 +318,16 @@ def _input_crops(data: ShapeData, rows: range, view: int) -> np.ndarray | None:
         return None
     if not 0 <= view < data.pixels.shape[1]:
         raise ValueError(f"--view must be in 0..{data.pixels.shape[1] - 1}, got {view}")
-    return np.stack([np.asarray(data.pixels[i, view])[baseline.CROP, baseline.CROP] for i in rows])
+    return np.stack([crop_view(data.pixels[i, view]) for i in rows])
 
 
-def _camera(data: ShapeData, index: int, view: int) -> tuple[float, float, float]:
-    """(azimuth, elevation, distance ratio) of the stored view, so renders match the input image."""
+def _camera(data: ShapeData, index: int, view: int) -> View:
+    """The camera of the stored view, so renders match the input image (the default view if unknown)."""
     if data.meta is not None:
         azimuth, elevation, _, distance_ratio, _ = (float(v) for v in data.meta["cameras"][index, view])
         if all(math.isfinite(v) for v in (azimuth, elevation, distance_ratio)):
-            return azimuth, elevation, distance_ratio
-    return report.DEFAULT_CAMERA
+            return View(azimuth, elevation, distance_ratio)
+    return DEFAULT_VIEW
 
 
 def evaluate(config: EvalConfig) -> EvalResult:
@@ -366,7 +369,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
 
         start = time.perf_counter()
         rows = []
-        bar = tqdm(rows_to_do, desc="evaluating", unit="shape", disable=not config.progress)
+        bar = progress(rows_to_do, desc="evaluating", unit="shape", disable=not config.progress)
         for i in bar:
             gt = ground_truth(data, i, use=config.gt)
             image = crops[i] if crops is not None else None
@@ -448,34 +451,35 @@ def compare_mesh_files(
     gt_path: str | Path,
     *,
     normalize: bool = False,
+    up: str = SHAPENET_UP,
+    front: str = SHAPENET_FRONT,
     iou_points: int = 100_000,
     surface_points: int = 100_000,
     seed: int = 0,
 ) -> dict[str, float]:
     """All metrics of one mesh file against another (``python -m eval metrics``).
 
-    Both meshes are taken to be in object space [-0.5, 0.5]^3 (where the IoU box is), unless
-    ``normalize`` maps both with the ground truth's normalisation (bounding-box centre to the origin,
-    diagonal to 1, as data_prep does). The ground truth's solid for the IoU comes from
-    ``voxelize_solid`` at 128^3, so it need not be watertight; the prediction should be closed.
+    The prediction is taken to be in object space [-0.5, 0.5]^3 (ShapeNet v2's axes, where the IoU
+    box is). The ground truth is turned from its axes ``up``/``front`` into ShapeNet v2's
+    (``imnet.mesh``). With ``normalize``, both meshes are taken to be in the ground truth's source
+    frame (e.g. ``reconstruct.py --original-frame`` output) and both get its turn and
+    normalisation (bounding-box centre to the origin, diagonal to 1, as data_prep does). The ground
+    truth's solid for the IoU comes from ``voxelize_solid`` at 128^3, so it need not be watertight;
+    the prediction should be closed.
 
     Returns:
         dict with the keys of ``METRICS``, raw.
+
+    Raises:
+        FileNotFoundError: a file is missing. MeshError: a file is not a usable mesh.
     """
     for path in (pred_path, gt_path):
         if not Path(path).is_file():
             raise FileNotFoundError(f"mesh file not found: {path}")
-    prediction = read_mesh_file(Path(pred_path))
-    if prediction.status == "unreadable":
-        raise ValueError(f"{pred_path} is not a mesh file trimesh can read (or has no faces)")
-    try:
-        gt_mesh = load_mesh(gt_path)
-    except ShapeError as e:
-        raise ValueError(f"ground truth {gt_path}: {e}") from None
+    prediction, gt_mesh = load_mesh(pred_path), to_shapenet_axes(load_mesh(gt_path), up, front)
     if normalize:
-        low, high = gt_mesh.bounds
-        for mesh in (prediction.mesh, gt_mesh):
-            mesh.apply_translation(-(low + high) / 2)
-            mesh.apply_scale(1.0 / np.linalg.norm(high - low))
+        centre, scale = normalisation(gt_mesh.bounds)
+        normalise(to_shapenet_axes(prediction, up, front), centre, scale)
+        normalise(gt_mesh, centre, scale)
     gt = GroundTruth(gt_mesh, voxelize_solid(gt_mesh, GT_RESOLUTION), "mesh_file")
-    return score_mesh(prediction.mesh, gt, iou_points=iou_points, surface_points=surface_points, seed=seed)
+    return score_mesh(prediction, gt, iou_points=iou_points, surface_points=surface_points, seed=seed)

@@ -23,6 +23,8 @@ import os
 
 import numpy as np
 
+__all__ = ["read_binvox", "write_binvox", "binvox_bounds"]
+
 _MAX_RUN = 255  # a run's count is a single byte
 
 

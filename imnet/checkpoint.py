@@ -5,6 +5,11 @@ A checkpoint is a dict of tensors and plain values:
      "config": {...}, "model": state_dict, "optimizer": state_dict, "progress": {...}, "rng": {...}}
 It is read with `torch.load(weights_only=True)`, which refuses any pickled code object, so a
 tampered file fails to load instead of running something.
+
+`load_model` is the one way programs get a model from a file: it also checks what the checkpoint is
+for. An IM-AE checkpoint (`train.py ae`) has a trained voxel encoder and decoder but an untrained
+image encoder; an IM-SVR checkpoint (`train.py svr`) has all three. Images need "svr"; shape codes
+from voxels need "ae".
 """
 
 from __future__ import annotations
@@ -21,8 +26,16 @@ from imnet.atomic import atomic_path
 from imnet.config import ModelConfig, config_from_dict, config_to_dict
 from imnet.model import IMNet
 
+__all__ = ["CheckpointError", "STAGES", "save_checkpoint", "load_checkpoint", "load_model"]
+
 FORMAT = "imnet-checkpoint"
 VERSION = 1
+
+# What each training stage's checkpoint is good for, and the command that writes it.
+STAGES = {
+    "ae": ("IM-AE", "train.py ae", "shape codes from voxels"),
+    "svr": ("IM-SVR", "train.py svr", "images"),
+}
 
 
 class CheckpointError(ValueError):
@@ -75,15 +88,34 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def load_model(
     path: str | Path,
+    *,
+    stage: str | None = None,
     expected: ModelConfig | None = None,
     map_location: str | torch.device = "cpu",
 ) -> tuple[IMNet, dict[str, Any]]:
     """Build the model a checkpoint describes and load its weights.
 
-    With `expected`, a checkpoint of another architecture fails with a message naming every
-    differing field (rather than a wall of state-dict key errors).
+    Args:
+        path: a checkpoint written by `train.py`.
+        stage: what the model is needed for: "svr" (reconstruction from images: the image encoder
+            must be trained), "ae" (codes from voxels), or None (any). A checkpoint of the other
+            stage is refused with a one-line message naming the right one.
+        expected: an architecture the checkpoint must have; otherwise the message names every
+            differing field (rather than a wall of state-dict key errors).
+        map_location: where the tensors are loaded.
+
+    Returns:
+        The model (on `map_location`'s device for its buffers; call `.to(device)`), and the whole
+        checkpoint dict.
+
+    Raises:
+        CheckpointError: unreadable, tampered, another stage or another architecture.
     """
+    if stage is not None and stage not in STAGES:
+        raise ValueError(f"stage must be one of {sorted(STAGES)} or None, got {stage!r}")
     checkpoint = load_checkpoint(path, map_location)
+    if stage is not None and checkpoint.get("stage") != stage:
+        raise CheckpointError(_wrong_stage(path, checkpoint.get("stage"), stage))
     try:
         config = config_from_dict(ModelConfig, checkpoint["model_config"])
     except (KeyError, TypeError, ValueError) as e:
@@ -106,3 +138,15 @@ def load_model(
             f"unexpected {result.unexpected_keys[:5]})"
         )
     return model, checkpoint
+
+
+def _wrong_stage(path: str | Path, found: object, wanted: str) -> str:
+    name, command, use = STAGES[wanted]
+    if found in STAGES:
+        found_name, found_command, _ = STAGES[found]
+        what = f"an {found_name} checkpoint ({found_command})"
+        if found == "ae":
+            what += ", whose image encoder was never trained"
+    else:
+        what = f"a checkpoint of unknown stage {found!r}"
+    return f"{path} is {what}; {use} need an {name} checkpoint ({command})"

@@ -11,6 +11,21 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from imnet.extract import DEFAULT_MAX_BATCH_POINTS
+from imnet.mesh import MAX_FACES
+
+__all__ = [
+    "ModelConfig",
+    "AEConfig",
+    "SVRConfig",
+    "ReconstructConfig",
+    "EvalConfig",
+    "DataPrepConfig",
+    "config_to_dict",
+    "config_from_dict",
+    "format_config",
+]
+
 
 @dataclass
 class ModelConfig:
@@ -117,7 +132,7 @@ class ReconstructConfig:
     resolution: int = 128
     level: float = 0.5
     method: str = "auto"  # "certified" for decoders (exactly dense), "coarse_to_fine", or "dense" (the reference)
-    max_batch_points: int = 65536
+    max_batch_points: int = DEFAULT_MAX_BATCH_POINTS
     device: str = "auto"
     precision: str = "auto"  # decoder precision: imnet.precision's choice, "bf16" or "fp32"
 
@@ -134,7 +149,7 @@ class EvalConfig:
     retrieval: str = "pixels"  # retrieval features: "pixels", "encoder" or "none"
     view: int = 0  # stored view used as the input image
     resolution: int = 64  # marching-cubes grid of the reconstructions
-    max_batch_points: int = 65536  # decoder points per call
+    max_batch_points: int = DEFAULT_MAX_BATCH_POINTS  # decoder points per call
     limit: int = 0  # evaluate only the first N shapes (0: all)
     iou_points: int = 100_000  # points of the volumetric IoU (ONet: 100k)
     surface_points: int = 100_000  # points per surface of Chamfer-L1/L2, NC, F-score (ONet: 100k)
@@ -191,4 +206,4 @@ class DataPrepConfig:
     seed: int = 0
     workers: int = 1
     shard: str = "0/1"
-    max_faces: int = 2_000_000  # larger meshes are logged as failures rather than stalling a worker
+    max_faces: int = MAX_FACES  # larger meshes are logged as failures rather than stalling a worker

@@ -18,12 +18,13 @@ Our extras, which IM-NET ignores:
   labels on a 64^3 lattice of points for validation IoU (``imnet.sampling.lattice_occupancy``).
   The max-pooled ``voxels`` are no ground truth for a field sampled at points: on thin chairs the
   exact shape's own occupancy at the 64^3 cell centres scores IoU 0.70 against them.
-
-- group ``meta``: ``centre`` float32 [N, 3] and ``scale`` float32 [N] (object space is
-  ``(p - centre) / scale`` of the source mesh), ``cameras`` float32 [N, 24, 5] (azimuth, elevation,
-  in-plane rotation, distance ratio, field of view per view), ``source`` utf-8 string [N] (where the
-  shape came from) and ``name`` utf-8 string [N] (the names again, in case the text file gets lost).
-  Unknown numbers are NaN, unknown strings empty.
+- group ``meta``: ``centre`` float32 [N, 3] and ``scale`` float32 [N], ``up`` and ``front`` utf-8
+  strings [N] (the source's axes, e.g. "+z" and "+x"): object space is ``(R p - centre) / scale`` of
+  a source point p, with R the turn ``imnet.mesh.axes_rotation(up, front)`` into ShapeNet v2's axes;
+  ``cameras`` float32 [N, 24, 5] (azimuth, elevation, in-plane rotation, distance ratio, field of
+  view per view), ``source`` utf-8 string [N] (where the shape came from) and ``name`` utf-8 string
+  [N] (the names again, in case the text file gets lost). Unknown numbers are NaN, unknown strings
+  empty; files written before ``up``/``front`` existed read as ShapeNet's axes ("+y", "-z").
 - file attributes ``format`` = "imnet", ``format_version`` = 1, ``point_grid`` = 256.
 - beside ``<stem>.hdf5``, a text file ``<stem>.txt`` with one ``synset/model_id`` per line in row
   order, the way IM-NET's published files name their shapes.
@@ -42,8 +43,10 @@ the ``.txt`` beside the file otherwise.
 
 Shapes in the per-shape record files of the data preparation pipeline (``write_shape_record``) are
 dicts with the keys ``voxels`` [64, 64, 64] (or [..., 1]), ``points_L`` [P, 3], ``values_L`` [P] (or
-[P, 1]) for L in 16, 32, 64, and optionally ``pixels`` [24, 137, 137], ``occupancy_64`` [64, 64, 64], ``centre`` [3], ``scale`` [],
-``cameras`` [24, 5], ``source`` str and ``name`` str.
+[P, 1]) for L in 16, 32, 64, and optionally ``pixels`` [24, 137, 137], ``occupancy_64`` [64, 64, 64],
+``centre`` [3], ``scale`` [], ``cameras`` [24, 5], ``source``, ``name``, ``up`` and ``front`` str.
+
+Names are ``category/model_id``; for ShapeNet the category is the synset id (:data:`SYNSETS`).
 """
 
 from __future__ import annotations
@@ -56,7 +59,40 @@ import h5py
 import numpy as np
 
 from imnet.atomic import atomic_path
+from imnet.mesh import SHAPENET_FRONT, SHAPENET_UP
 from imnet.sampling import GRID, POINT_COUNTS, indices_to_coords
+
+__all__ = [
+    "LEVELS",
+    "N_VIEWS",
+    "VIEW_SIZE",
+    "VOXEL_SIZE",
+    "SYNSETS",
+    "category_label",
+    "write_datafile",
+    "assemble",
+    "write_shape_record",
+    "read_shape_record",
+    "LazyRows",
+    "ShapeData",
+    "open_datafile",
+]
+
+SYNSETS = {
+    "airplane": "02691156", "bench": "02828884", "cabinet": "02933112", "car": "02958343",
+    "chair": "03001627", "display": "03211117", "lamp": "03636649", "speaker": "03691459",
+    "rifle": "04090263", "sofa": "04256520", "table": "04379243", "telephone": "04401088",
+    "watercraft": "04530566",
+}
+"""Name -> ShapeNet synset id of the 13 categories single-view reconstruction papers use."""
+
+
+def category_label(category: str) -> str:
+    """A category for people: '03001627' -> 'chair (03001627)'; other names unchanged."""
+    names = {synset: name for name, synset in SYNSETS.items()}
+    if category in names:
+        return f"{names[category]} ({category})"
+    return category or "(no category)"
 
 FORMAT = "imnet"
 FORMAT_VERSION = 1
@@ -82,7 +118,8 @@ _OPTIONAL = ("pixels", "occupancy_64")  # every shape of a file has them, or non
 _REQUIRED = [key for key in _ROW_SHAPES if key not in _OPTIONAL]
 # Per-shape shapes of the float32 meta datasets.
 _META_SHAPES = {"centre": (3,), "scale": (), "cameras": (N_VIEWS, 5)}
-_META_STRINGS = ("source", "name")
+# utf-8 string meta datasets and what a shape without one gets.
+_META_STRINGS = {"source": "", "name": "", "up": SHAPENET_UP, "front": SHAPENET_FRONT}
 
 Index = int | slice | Sequence[int] | np.ndarray
 
@@ -184,9 +221,8 @@ def _write(
         raise ValueError("no shapes to write; a data file needs at least one shape")
     if names is not None:
         _check_names(names)
-    found_names = []
     meta = {key: np.full((n, *shape), np.nan, np.float32) for key, shape in _META_SHAPES.items()}
-    sources = []
+    strings: dict[str, list[str]] = {key: [] for key in _META_STRINGS}
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         count = 0
         for i, record in enumerate(records):
@@ -212,24 +248,24 @@ def _write(
             for key in _META_SHAPES:
                 if key in arrays:
                     meta[key][i] = arrays[key]
-            sources.append(arrays.get("source", ""))
-            found_names.append(arrays.get("name", ""))
+            for key, default in _META_STRINGS.items():
+                strings[key].append(arrays.get(key) or default)
             count += 1
         if count != n:
             raise ValueError(f"got {count} shapes but expected {n}")
         if names is None:
-            missing = [i for i, name in enumerate(found_names) if not name]
+            missing = [i for i, name in enumerate(strings["name"]) if not name]
             if missing:
                 raise ValueError(f"records {missing[:5]} have no 'name'; pass names= or store them")
-            names = found_names
+            names = strings["name"]
             _check_names(names)
+        strings["name"] = names
 
         group = f.create_group("meta")
         for key, values in meta.items():
             group.create_dataset(key, data=values)
-        strings = h5py.string_dtype("utf-8")
-        group.create_dataset("source", data=np.array(sources, dtype=object), dtype=strings)
-        group.create_dataset("name", data=np.array(names, dtype=object), dtype=strings)
+        for key, values in strings.items():
+            group.create_dataset(key, data=np.array(values, dtype=object), dtype=h5py.string_dtype("utf-8"))
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["point_grid"] = GRID
@@ -350,7 +386,7 @@ class ShapeData:
         names: shape names in row order, or None: ``meta/name`` in our files, else the ``.txt``
             file beside the data file if there is one.
         meta: our extras, or None for foreign layouts: ``centre`` float32 [N, 3], ``scale`` float32
-            [N], ``cameras`` float32 [N, 24, 5], ``source`` list of N str.
+            [N], ``cameras`` float32 [N, 24, 5], ``source``, ``up`` and ``front`` lists of N str.
         point_counts: points per shape at each level, e.g. {16: 4096, 32: 4096, 64: 16384}.
     """
 
@@ -536,8 +572,9 @@ def _detect_layout(file: h5py.File, path: Path) -> str:
 def _read_meta(file: h5py.File) -> dict:
     group = file["meta"]
     meta = {key: group[key][...] for key in _META_SHAPES}
-    for key in _META_STRINGS:
-        meta[key] = list(group[key].asstr()[...])
+    n = len(file["voxels"])
+    for key, default in _META_STRINGS.items():
+        meta[key] = list(group[key].asstr()[...]) if key in group else [default] * n
     return meta
 
 

@@ -26,11 +26,12 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from imnet.datafile import ShapeData, open_datafile
+from imnet.images import crop_view, input_tensor
 from imnet.sampling import indices_to_coords
 
-DataSource = str | os.PathLike | ShapeData
+__all__ = ["load_shapes", "AEDataset", "read_codes", "SVRDataset", "jitter_view"]
 
-VIEW_CROP = slice(4, 132)  # the 137x137 views are centre-cropped to the 128x128 network input
+DataSource = str | os.PathLike | ShapeData
 
 
 def load_shapes(data: DataSource, keys: list[str], optional: tuple[str, ...] = ()) -> ShapeData:
@@ -144,7 +145,7 @@ class SVRDataset(Dataset):
     """IM-SVR items: one of a shape's views and the shape's AE code.
 
     Item i is a dict:
-        image   float32 [1, 128, 128]   view cropped to [4:132, 4:132], pixel / 255 (object dark on white)
+        image   float32 [1, 128, 128]   the view's network input (`imnet.images`), object dark on white
         code    float32 [code_dim]      regression target (empty when no codes were given)
         points  float32 [P, 3]          with `points_per_shape` P > 0: level-64 sample points ...
         values  float32 [P]             ... and their occupancy, for a loss through the decoder
@@ -196,7 +197,7 @@ class SVRDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         view = self.view if self.view is not None else int(torch.randint(self.train_views, ()))
-        image = view_to_input_tensor(self.pixels[index, view])
+        image = input_tensor(crop_view(self.pixels[index, view]))
         if self.augment:
             image = jitter_view(image)
         code = self.codes[index] if self.codes is not None else torch.zeros(0)
@@ -206,11 +207,6 @@ class SVRDataset(Dataset):
             item["points"] = torch.from_numpy(indices_to_coords(self.point_indices[index][subset.numpy()], grid=self.point_grid))
             item["values"] = self.values[index][subset]
         return item
-
-
-def view_to_input_tensor(view: torch.Tensor) -> torch.Tensor:
-    """A stored 137x137 view -> the network input: float32 [1, 128, 128] in [0, 1]."""
-    return view[VIEW_CROP, VIEW_CROP][None].float() / 255.0
 
 
 def jitter_view(

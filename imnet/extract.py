@@ -51,6 +51,17 @@ import numpy as np
 import trimesh
 from skimage.measure import marching_cubes
 
+__all__ = [
+    "Field",
+    "DEFAULT_MAX_BATCH_POINTS",
+    "DEFAULT_COARSE_RESOLUTION",
+    "ExtractionStats",
+    "dense_grid",
+    "coarse_to_fine_grid",
+    "grid_to_mesh",
+    "extract_mesh",
+]
+
 Field = Callable[[np.ndarray], np.ndarray]
 
 
@@ -63,7 +74,8 @@ class BoundedField(Protocol):
 
 
 DEFAULT_MAX_BATCH_POINTS = 32768
-"""Points per field call: an IM-NET decoder's widest layer (2048) then holds 256 MiB of float32."""
+"""Points per field call: an IM-NET decoder's widest layer (2048) then holds 256 MiB of float32.
+The one default of the project: every config and program takes it from here."""
 
 DEFAULT_COARSE_RESOLUTION = 32
 """Cells per axis of the first lattice. Occupancy Networks' MISE starts at 32^3 too."""

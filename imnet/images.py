@@ -1,12 +1,15 @@
-"""Input images for the single-view network: R2N2 renderings and photos to 128x128 grayscale.
+"""Input images for the single-view network: stored views, R2N2 renderings and photos to 128x128.
 
-The image encoder was trained on 3D-R2N2 views: 137x137 renderings composited onto white, converted to
-grayscale and centre-cropped to [4:132, 4:132]. Anything shown to the network at test time must look
-the same: a 128x128 uint8 image, object dark on a white (255) background, centred, about as large in
-the frame as in the training views. The network input is that image as float32 divided by 255.
+The image encoder is trained on 3D-R2N2-style views: 137x137 renderings composited onto white, in
+grayscale, centre-cropped to [4:132, 4:132] (:data:`VIEW_CROP`, the one definition of that crop).
+Anything shown to the network at test time must look the same: a 128x128 uint8 image, object dark
+on a white (255) background, centred, about as large in the frame as in the training views. The
+network input is that image as float32 divided by 255 (:func:`input_tensor`).
 
-    >>> pixels = preprocess("my_chair.jpg")              # uint8 [128, 128]
+    >>> pixels = crop_view(data.pixels[i, view])         # a stored view: uint8 [137, 137] -> [128, 128]
+    >>> pixels = preprocess("my_chair.jpg")              # any picture: uint8 [128, 128]
     >>> pixels, box = preprocess("00.png", return_box=True)
+    >>> image = input_tensor(pixels)                     # float32 [1, 128, 128] in [0, 1]
 
 Two ways in (``kind``):
 - ``"r2n2"``: a 137x137 3D-R2N2 rendering (RGBA, transparent background) or an already composited view;
@@ -19,7 +22,7 @@ Two ways in (``kind``):
 from __future__ import annotations
 
 import os
-from typing import BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 import numpy as np
 import PIL.Image
@@ -27,20 +30,28 @@ import PIL.ImageOps
 from scipy import ndimage
 from skimage.transform import resize
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
     "ImageError",
     "Box",
+    "VIEW_SIZE",
+    "INPUT_SIZE",
+    "VIEW_CROP",
     "R2N2_FILL",
+    "crop_view",
+    "input_tensor",
     "load_image",
     "composite_on_white",
     "object_mask",
     "preprocess",
 ]
 
-# Geometry of the training views: 137x137 renderings, network sees the centre [4:132, 4:132] crop.
+# Geometry of the training views: 137x137 renderings, the network sees their centre 128x128.
 VIEW_SIZE = 137
 INPUT_SIZE = 128
-VIEW_CROP = 4  # IM-NET crops [4:132, 4:132]: 4 pixels off the top/left, 5 off the bottom/right
+VIEW_CROP = slice(4, 4 + INPUT_SIZE)  # as IM-NET: 4 pixels off the top/left, 5 off the bottom/right
 
 # Longest side of the object's bounding box relative to the 128-pixel network input in the training
 # views. Measured on the 24 views of tests/data/r2n2_sample (chair 1a6f615e...): mask = alpha >= 0.5
@@ -66,6 +77,39 @@ class Box(NamedTuple):
     left: int
     bottom: int
     right: int
+
+
+def crop_view(views: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Stored 137x137 views -> the 128x128 network input, the centre crop the network is trained on.
+
+    Args:
+        views: [..., 137, 137], numpy or torch (e.g. ``pixels`` rows of a data file, uint8).
+
+    Returns:
+        [..., 128, 128], a view (no copy) of the same type and dtype.
+    """
+    if tuple(views.shape[-2:]) != (VIEW_SIZE, VIEW_SIZE):
+        raise ImageError(
+            f"stored views are {VIEW_SIZE}x{VIEW_SIZE}, got shape {tuple(views.shape)}; "
+            "use preprocess() for other pictures"
+        )
+    return views[..., VIEW_CROP, VIEW_CROP]
+
+
+def input_tensor(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """The network's float input of 128x128 images: uint8 [..., 128, 128] -> float32 [..., 1, 128, 128].
+
+    Values are pixel / 255 in [0, 1], object dark on white, with the channel axis the encoder expects.
+    """
+    import torch  # here: data preparation uses this module without the network
+
+    pixels = torch.as_tensor(np.asarray(pixels) if not isinstance(pixels, torch.Tensor) else pixels)
+    if tuple(pixels.shape[-2:]) != (INPUT_SIZE, INPUT_SIZE):
+        raise ImageError(
+            f"the network input must be {INPUT_SIZE}x{INPUT_SIZE} grayscale, got shape {tuple(pixels.shape)}; "
+            "use crop_view() for stored views and preprocess() for pictures"
+        )
+    return pixels.float().div(255.0).unsqueeze(-3)
 
 
 def load_image(source: ImageSource) -> np.ndarray:
@@ -214,8 +258,8 @@ def preprocess(
                 f"an R2N2 view must be {VIEW_SIZE}x{VIEW_SIZE}, got {gray.shape[1]}x{gray.shape[0]}; "
                 "use kind='photo' for other images"
             )
-        box = Box(VIEW_CROP, VIEW_CROP, VIEW_CROP + INPUT_SIZE, VIEW_CROP + INPUT_SIZE)
-        crop = gray[box.top : box.bottom, box.left : box.right]
+        box = Box(VIEW_CROP.start, VIEW_CROP.start, VIEW_CROP.stop, VIEW_CROP.stop)
+        crop = crop_view(gray)
     else:
         mask = object_mask(rgba, tolerance=tolerance)
         if not mask.any():

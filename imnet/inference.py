@@ -1,8 +1,11 @@
 """From a trained model to meshes: image -> code -> occupancy field -> mesh.
 
-    code = model.image_encoder(image)                 [1, 1, 128, 128] -> [1, 128]
+    code = model.image_encoder(input_tensor(pixels))  uint8 [128, 128] -> [1, 1, 128, 128] -> [1, 128]
     field = decoder_field(model.decoder, code)        points [N, 3] -> occupancy [N], with bounds
-    mesh = extract_mesh(field, resolution)            any resolution, certified
+    mesh = extract_mesh(field, resolution)            any resolution, certified where bounds allow
+
+`reconstruct_image` does all three for a preprocessed image (`imnet.images.preprocess` or
+`crop_view`); `reconstruct_code` the last two for a code (e.g. from the AE's voxel encoder).
 
 The field precomputes the decoder's code-dependent terms once and evaluates points under
 `torch.inference_mode`, in the precision that `imnet.precision` chooses for the device ("auto":
@@ -25,12 +28,13 @@ import torch
 import trimesh
 
 from imnet.bounds import AffineForms, DecoderBounds, check_boundable
-from imnet.extract import extract_mesh
+from imnet.extract import DEFAULT_MAX_BATCH_POINTS, extract_mesh
+from imnet.images import input_tensor
 from imnet.model import Decoder, IMNet
 from imnet.precision import autocast, resolve_precision
 
 __all__ = [
-    "BF16_REFINE_MARGIN", "DecoderField", "BoundedDecoderField", "decoder_field", "image_tensor",
+    "BF16_REFINE_MARGIN", "DecoderField", "BoundedDecoderField", "decoder_field",
     "Reconstruction", "reconstruct_image", "reconstruct_code",
 ]
 
@@ -128,14 +132,6 @@ def decoder_field(
     return BoundedDecoderField(decoder, code, precision=precision, level=level, bounds=bounds)
 
 
-def image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 [128, 128] (object dark on white) -> float32 [1, 1, 128, 128] in [0, 1]."""
-    image = np.asarray(image)
-    if image.shape != (128, 128):
-        raise ValueError(f"the network input must be 128x128 grayscale, got shape {image.shape}; use imnet.images.preprocess")
-    return torch.from_numpy(image.astype(np.float32) / 255.0)[None, None].to(device)
-
-
 @dataclass
 class Reconstruction:
     mesh: trimesh.Trimesh
@@ -144,38 +140,45 @@ class Reconstruction:
     seconds: float
 
 
-def reconstruct_image(
-    model: IMNet,
-    image: np.ndarray,
-    resolution: int = 128,
-    level: float = 0.5,
-    method: str = "auto",
-    max_batch_points: int = 65536,
-    precision: str = "auto",
-) -> Reconstruction:
+def reconstruct_image(model: IMNet, image: np.ndarray, **options) -> Reconstruction:
     """Mesh (in normalised object space [-0.5, 0.5]^3) of the object in a preprocessed image.
 
-    ``method``: see ``imnet.extract.extract_mesh`` ("auto": certified); ``precision``: "auto",
-    "bf16" or "fp32" (``imnet.precision``)."""
+    Args:
+        model: an IM-SVR model (`imnet.checkpoint.load_model(path, stage="svr")`).
+        image: uint8 [128, 128], object dark on white (`imnet.images.preprocess` or `crop_view`).
+        options: the keyword options of :func:`reconstruct_code` (resolution, level, ...).
+    """
     start = time.perf_counter()
     device = next(model.parameters()).device
     model.eval()
     with torch.inference_mode():
-        code = model.image_encoder(image_tensor(image, device))[0]
-    result = reconstruct_code(model, code, resolution, level, method, max_batch_points, precision)
+        code = model.image_encoder(input_tensor(image)[None].to(device))[0]
+    result = reconstruct_code(model, code, **options)
     return replace(result, seconds=time.perf_counter() - start)
 
 
 def reconstruct_code(
     model: IMNet,
     code: torch.Tensor | np.ndarray,
+    *,
     resolution: int = 128,
     level: float = 0.5,
     method: str = "auto",
-    max_batch_points: int = 65536,
+    max_batch_points: int = DEFAULT_MAX_BATCH_POINTS,
     precision: str = "auto",
 ) -> Reconstruction:
-    """Mesh of a shape code (e.g. from the AE's voxel encoder, or a saved `.npy`)."""
+    """Mesh of a shape code (e.g. from the AE's voxel encoder, or a saved `.npy`).
+
+    Args:
+        model: the model whose decoder turns the code into a field.
+        code: float [code_dim] or [1, code_dim].
+        resolution: marching-cubes grid per axis, any integer (`imnet.extract.extract_mesh`).
+        level: iso-level of the occupancy.
+        method: "auto" (certified when the decoder can be bounded, else coarse-to-fine),
+            "certified", "coarse_to_fine" or "dense" (`imnet.extract.extract_mesh`).
+        max_batch_points: decoder points per call; bounds memory at any resolution.
+        precision: "auto", "bf16" or "fp32" (`imnet.precision`).
+    """
     start = time.perf_counter()
     device = next(model.parameters()).device
     code = torch.as_tensor(np.asarray(code, dtype=np.float32) if isinstance(code, np.ndarray) else code).to(device)

@@ -78,6 +78,21 @@ import trimesh
 from scipy.spatial import cKDTree
 from trimesh.ray.ray_util import contains_points
 
+from imnet.mesh import check_mesh, has_surface
+
+__all__ = [
+    "ONET_CD_SCALE",
+    "IMNET_CD_SCALE",
+    "sample_surface",
+    "sample_iou_points",
+    "occupancy_from_grid",
+    "iou_occupancy",
+    "iou_meshes",
+    "pointcloud_metrics",
+    "mesh_metrics",
+    "chamfer_imnet",
+]
+
 # Multipliers the papers apply before printing: ONet reports CD-L1 x10, IM-NET its Chamfer x1000.
 ONET_CD_SCALE = 10
 IMNET_CD_SCALE = 1000
@@ -93,26 +108,9 @@ _RAY_DIRECTIONS = trimesh.util.unitize(
 )
 
 
-def _check_mesh(mesh: object, name: str) -> None:
-    if not isinstance(mesh, trimesh.Trimesh):
-        raise TypeError(
-            f"{name} must be a trimesh.Trimesh, got {type(mesh).__name__}; "
-            "load files with trimesh.load(path, force='mesh') to merge a scene into one mesh"
-        )
-
-
-def _has_surface(mesh: trimesh.Trimesh) -> bool:
-    """Whether the mesh has a finite surface with positive area to sample and test against."""
-    return (
-        len(mesh.faces) > 0
-        and bool(np.isfinite(mesh.vertices).all())
-        and bool(mesh.area > 0)
-    )
-
-
 def _require_surface(mesh: trimesh.Trimesh, name: str) -> None:
-    _check_mesh(mesh, name)
-    if not _has_surface(mesh):
+    check_mesh(mesh, name=name, surface=False)
+    if not has_surface(mesh):
         raise ValueError(
             f"{name} is empty or degenerate (no faces, zero area or non-finite vertices); "
             "the ground truth must have a surface"
@@ -142,10 +140,10 @@ def sample_surface(
         Both are [0, 3] when the mesh is empty or degenerate (no faces, zero area, non-finite
         vertices), which the metrics turn into worst-case values.
     """
-    _check_mesh(mesh, "mesh")
+    check_mesh(mesh, surface=False)
     if n < 1:
         raise ValueError(f"n must be a positive number of points, got {n}")
-    if not _has_surface(mesh):
+    if not has_surface(mesh):
         return np.empty((0, 3)), np.empty((0, 3))
     points, face_index = trimesh.sample.sample_surface(mesh, n, seed=seed)
     return points, mesh.face_normals[face_index]
@@ -231,7 +229,7 @@ def _is_closed(mesh: trimesh.Trimesh) -> bool:
 
 
 def _inside(mesh: trimesh.Trimesh, points: np.ndarray, name: str, fix: str) -> np.ndarray:
-    if not _has_surface(mesh):
+    if not has_surface(mesh):
         return np.zeros(len(points), dtype=bool)
     if not _is_closed(mesh):
         warnings.warn(
@@ -279,7 +277,7 @@ def iou_meshes(
     Returns:
         IoU in [0, 1] (NaN if both shapes are empty in the box).
     """
-    _check_mesh(pred_mesh, "pred_mesh")
+    check_mesh(pred_mesh, name="pred_mesh", surface=False)
     if (gt_mesh is None) == (gt_occupancy is None):
         raise ValueError("give exactly one ground truth: gt_mesh or gt_occupancy")
     points = sample_iou_points(n_points, padding=padding, seed=seed)

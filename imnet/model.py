@@ -26,7 +26,7 @@ from torch import nn
 
 from imnet.config import ModelConfig
 
-__all__ = ["VoxelEncoder", "ImageEncoder", "PointEncoding", "SkipLinear", "Decoder", "IMNet", "CODE_ACTIVATIONS"]
+__all__ = ["LEAKY_SLOPE", "CODE_ACTIVATIONS", "VoxelEncoder", "ImageEncoder", "PointEncoding", "SkipLinear", "Decoder", "IMNet"]
 
 LEAKY_SLOPE = 0.02  # the paper's LeakyReLU slope, used in every network
 CODE_ACTIVATIONS = {"sigmoid": torch.sigmoid, "none": lambda z: z}

@@ -21,6 +21,9 @@ numbers meant to R2N2's Blender script, checked against R2N2's own images (tests
   32 mm sensor, a field of view of 49.13 degrees (:data:`R2N2_LENS_FOV`). :func:`lens_fov` maps the
   recorded value to the one that was rendered, so R2N2 metadata rows reproduce R2N2's framing.
 
+Previews, depth and normal maps look from a :class:`View` (azimuth, elevation, distance ratio),
+by default :data:`DEFAULT_VIEW`, a camera typical of the R2N2 renderings.
+
 Images are arrays with row 0 at the top; the background is white (255).
 """
 
@@ -28,9 +31,31 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import trimesh
+
+from imnet.mesh import check_mesh
+
+__all__ = [
+    "R2N2_MAX_CAMERA_DISTANCE",
+    "R2N2_RECORDED_FOV",
+    "R2N2_LENS_FOV",
+    "View",
+    "DEFAULT_VIEW",
+    "PREVIEW_COLOR",
+    "lens_fov",
+    "camera_pose",
+    "direction_from",
+    "sample_r2n2_cameras",
+    "Renderer",
+    "render_views",
+    "render_rgb",
+    "render_depth_normals",
+    "depth_image",
+    "normal_image",
+]
 
 R2N2_MAX_CAMERA_DISTANCE = 1.75
 R2N2_RECORDED_FOV = 25.0
@@ -52,6 +77,27 @@ _KEY_LIGHT = 0.7
 _FILL_LIGHT = 0.3
 _AMBIENT = 0.15
 _VIEW_GRAY = 0.5  # R2N2's look: mean object pixel about 95 on a chair, dark sides, light tops
+
+
+@dataclass(frozen=True)
+class View:
+    """A camera looking at the origin, in R2N2's convention: azimuth 0 looks at the object's front,
+    elevation 90 from above; distance ``distance_ratio * 1.75`` (degrees and object units)."""
+
+    azimuth: float = 45.0
+    elevation: float = 25.0
+    distance_ratio: float = 0.8
+
+    def camera(self) -> np.ndarray:
+        """The R2N2 camera row, float [5]: (azimuth, elevation, in-plane 0, distance ratio, fov)."""
+        return np.array([self.azimuth, self.elevation, 0.0, self.distance_ratio, R2N2_RECORDED_FOV])
+
+
+DEFAULT_VIEW = View()
+"""Where previews, reports and the web app look from when the picture's camera is unknown: from the
+front-right and a little above, at a distance typical of the R2N2 renderings."""
+
+PREVIEW_COLOR = (0.75, 0.8, 0.9)  # light blue, the mesh colour of previews and the web app
 
 
 def lens_fov(recorded_fov: float | np.ndarray) -> float | np.ndarray:
@@ -90,6 +136,13 @@ def camera_pose(
     return pose @ roll
 
 
+def direction_from(azimuth: float, elevation: float) -> np.ndarray:
+    """Unit vector [3] from the origin towards a point at (azimuth, elevation) in degrees, in the
+    camera convention above (azimuth 0: in front, i.e. -z for ShapeNet v2; elevation 90: above).
+    Used for light directions."""
+    return camera_pose(azimuth, elevation, 1.0)[:3, 2]
+
+
 def sample_r2n2_cameras(n_views: int = 24, rng: np.random.Generator | int | None = None) -> np.ndarray:
     """Random cameras distributed like 3D-R2N2's renderings.
 
@@ -118,11 +171,6 @@ def _import_pyrender():
     import pyrender
 
     return pyrender
-
-
-def _check_mesh(mesh: trimesh.Trimesh) -> None:
-    if len(mesh.faces) == 0:
-        raise ValueError("cannot render a mesh without faces")
 
 
 def _release(offscreen) -> None:
@@ -224,7 +272,7 @@ class Renderer:
         """
         if self._renderer is None:
             raise RuntimeError("this Renderer was closed; create a new one")
-        _check_mesh(mesh)
+        check_mesh(mesh, name="the mesh to render")
         cameras = np.asarray(cameras, dtype=np.float64)
         if cameras.ndim != 2 or cameras.shape[1] != 5:
             raise ValueError(
@@ -287,41 +335,31 @@ def render_views(mesh: trimesh.Trimesh, cameras: np.ndarray, size: int = 137) ->
 
 def render_rgb(
     mesh: trimesh.Trimesh,
-    azimuth: float = 45.0,
-    elevation: float = 25.0,
+    view: View = DEFAULT_VIEW,
     size: int = 256,
     *,
-    distance_ratio: float = 0.8,
     light_direction: np.ndarray | None = None,
-    color: tuple[float, float, float] = (0.75, 0.8, 0.9),
+    color: tuple[float, float, float] = PREVIEW_COLOR,
 ) -> np.ndarray:
-    """A shaded colour preview of ``mesh`` on white, for reports and the web app.
+    """A shaded colour preview of ``mesh`` on white, for previews, reports and the web app.
 
     Args:
         mesh: in normalised object space.
-        azimuth, elevation: camera direction in degrees, R2N2's convention (azimuth 0: front view).
+        view: the camera.
         size: image width and height in pixels.
-        distance_ratio: camera distance as a fraction of 1.75 (R2N2's lens, see the module docstring).
-        light_direction: [3] direction from the object towards a distant light, in object space;
-            None lights the object from above and to the left of the camera.
+        light_direction: [3] direction from the object towards a distant light, in object space
+            (e.g. :func:`direction_from`); None lights the object from above and to the left of the camera.
         color: RGB albedo in [0, 1].
 
     Returns:
         uint8 [size, size, 3].
     """
-    camera = [[azimuth, elevation, 0.0, distance_ratio, R2N2_RECORDED_FOV]]
     with Renderer(size) as renderer:
-        return renderer.shaded(mesh, camera, color=color, light_direction=light_direction)[0]
+        return renderer.shaded(mesh, view.camera()[None], color=color, light_direction=light_direction)[0]
 
 
 def render_depth_normals(
-    mesh: trimesh.Trimesh,
-    azimuth: float = 45.0,
-    elevation: float = 25.0,
-    size: int = 256,
-    *,
-    distance_ratio: float = 0.8,
-    frame: str = "camera",
+    mesh: trimesh.Trimesh, view: View = DEFAULT_VIEW, size: int = 256, *, frame: str = "camera"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Depth and normal maps of ``mesh`` seen by the same camera as :func:`render_rgb`.
 
@@ -329,7 +367,7 @@ def render_depth_normals(
 
     Args:
         mesh: in normalised object space.
-        azimuth, elevation, size, distance_ratio: the camera, as in :func:`render_rgb`.
+        view, size: the camera and image size, as in :func:`render_rgb`.
         frame: ``"camera"`` (x right, y up, z towards the viewer) or ``"object"`` for the normals.
 
     Returns:
@@ -340,8 +378,8 @@ def render_depth_normals(
     """
     if frame not in ("camera", "object"):
         raise ValueError(f"frame must be 'camera' or 'object', got {frame!r}")
-    _check_mesh(mesh)
-    pose = camera_pose(azimuth, elevation, distance_ratio)
+    check_mesh(mesh, name="the mesh to render")
+    pose = camera_pose(view.azimuth, view.elevation, view.distance_ratio)
     half_width = np.tan(np.radians(lens_fov(R2N2_RECORDED_FOV)) / 2)
     # Pixel centres in normalised device coordinates, row 0 at the top of the image.
     ndc = (np.arange(size) + 0.5) / size * 2.0 - 1.0
@@ -364,3 +402,22 @@ def render_depth_normals(
         hit_normals = hit_normals @ pose[:3, :3]
     normals[ray_index] = hit_normals
     return depth.reshape(size, size), normals.reshape(size, size, 3)
+
+
+def depth_image(depth: np.ndarray) -> np.ndarray:
+    """A depth map as a picture: float [H, W] (inf where empty) -> uint8 [H, W], the nearest surface
+    0 (black), the farthest 200, empty 255 (white)."""
+    hit = np.isfinite(depth)
+    image = np.full(depth.shape, 255, dtype=np.uint8)
+    if hit.any():
+        near, far = depth[hit].min(), depth[hit].max()
+        image[hit] = np.rint(200 * (depth[hit] - near) / max(far - near, 1e-6)).astype(np.uint8)
+    return image
+
+
+def normal_image(normals: np.ndarray) -> np.ndarray:
+    """A normal map as a picture: unit normals float [H, W, 3] (0 where empty) -> uint8 RGB
+    [H, W, 3] = (n + 1) / 2 * 255; empty pixels white."""
+    image = np.rint((normals + 1.0) * 127.5).astype(np.uint8)
+    image[~normals.any(axis=-1)] = 255
+    return image

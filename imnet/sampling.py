@@ -33,6 +33,8 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
+__all__ = ["GRID", "POINT_COUNTS", "indices_to_coords", "downsample_voxels", "sample_points"]
+
 GRID = 256
 """Resolution of the solid grid that point indices refer to."""
 

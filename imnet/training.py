@@ -53,7 +53,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
-from tqdm import tqdm
 
 from imnet.atomic import atomic_path, write_atomic
 from imnet.checkpoint import load_model, load_weights_file, save_checkpoint
@@ -64,6 +63,7 @@ from imnet.diagnostics import code_error, code_statistics, identification
 from imnet.extract import coarse_to_fine_grid
 from imnet.model import CODE_BOUNDS, IMNet
 from imnet.precision import autocast
+from imnet.progress import progress
 from imnet.runlog import RunLog, preview_image
 from imnet.runtime import RunFolderBusy, Runtime
 from imnet.sampling import GRID, lattice_points
@@ -327,7 +327,7 @@ def extract_codes(
     `train_names` for `data`, `val_codes` / `val_names` for `val_data` when given.
     """
     runtime = _runtime(device, "fp32")  # codes are targets: computed once, in full precision
-    model, _ = load_model(checkpoint)
+    model, _ = load_model(checkpoint, stage="ae")
     model.to(runtime.device).eval()  # batch norm with its running statistics
     arrays: dict[str, np.ndarray] = {"checkpoint": np.array(str(checkpoint))}
     for split, path in (("train", data), ("val", val_data)):
@@ -484,10 +484,7 @@ def _check_svr_config(config: SVRConfig) -> None:
 
 
 def _load_ae(path: str) -> IMNet:
-    model, checkpoint = load_model(path)
-    if checkpoint.get("stage") != "ae":
-        raise SetupError(f"{path} is an IM-{str(checkpoint.get('stage')).upper()} checkpoint; IM-SVR starts from "
-                         "an IM-AE checkpoint (train.py ae)")
+    model, _ = load_model(path, stage="ae")  # refuses an IM-SVR checkpoint in one line
     return model
 
 
@@ -591,7 +588,8 @@ def _steps_per_epoch(n_shapes: int, batch_shapes: int, runtime: Runtime) -> int:
 
 
 def _bar(loader: DataLoader, runtime: Runtime, desc: str):
-    return tqdm(loader, desc=desc, disable=not runtime.is_main, leave=False, dynamic_ncols=True)
+    # A live bar on a terminal, a line every 10 s in a log; the epoch's result line comes from RunLog.
+    return progress(loader, desc=desc, unit="step", disable=not runtime.is_main, leave=False)
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -56,6 +56,10 @@ import numpy as np
 import trimesh
 from scipy import ndimage
 
+from imnet.mesh import check_mesh
+
+__all__ = ["voxelize_solid"]
+
 _EPS = 1e-9  # voxel units; lets lattice points on a triangle's edge count for both neighbours
 _CHUNK = 1 << 22  # (triangle, lattice point) candidates per batch, bounds peak memory
 
@@ -84,9 +88,11 @@ def voxelize_solid(
         bool [R, R, R], indexed [x, y, z]; True where the voxel centre is inside.
 
     Raises:
-        ValueError: the mesh has no faces or non-finite vertices, or an argument is out of range.
+        MeshError: not a mesh, no faces or non-finite vertices. ValueError: an argument is out of range.
     """
-    vertices, faces = _check_mesh(mesh)
+    check_mesh(mesh, name="the mesh to voxelise")
+    vertices = np.asarray(mesh.vertices, dtype=np.float64)
+    faces = np.asarray(mesh.faces, dtype=np.int64)
     if int(resolution) != resolution or resolution < 1:
         raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
     if int(close_gaps) != close_gaps or close_gaps < 0:
@@ -136,22 +142,6 @@ def voxelize_solid(
 
     inner = slice(pad, pad + resolution)
     return np.ascontiguousarray(solid.reshape(shape)[inner, inner, inner])
-
-
-def _check_mesh(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
-    if not isinstance(mesh, trimesh.Trimesh):
-        raise ValueError(
-            f"mesh must be a trimesh.Trimesh, got {type(mesh).__name__}; "
-            "load files with trimesh.load(path, force='mesh') to merge a scene into one mesh"
-        )
-    vertices = np.asarray(mesh.vertices, dtype=np.float64)
-    faces = np.asarray(mesh.faces, dtype=np.int64)
-    if len(faces) == 0:
-        raise ValueError("mesh has no faces; there is nothing to voxelise")
-    if not np.all(np.isfinite(vertices)):
-        bad = int((~np.isfinite(vertices)).any(axis=1).sum())
-        raise ValueError(f"mesh has {bad} vertices with NaN or infinite coordinates; remove or repair them first")
-    return vertices, faces
 
 
 def _blocked_edges(

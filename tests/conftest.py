@@ -79,11 +79,26 @@ def fit_tiny_chair_model(steps: int = 500, points_per_step: int = 2048, seed: in
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
+def tiny_model() -> IMNet:
+    return fit_tiny_chair_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_model) -> Path:
     """Path of an SVR checkpoint of TINY_MODEL that reconstructs the box chair from any image."""
-    model = fit_tiny_chair_model()
     path = tmp_path_factory.mktemp("tiny_model") / "best.pt"
     save_checkpoint(
-        path, {"stage": "svr", "model_config": config_to_dict(TINY_MODEL), "config": {}, "model": model.state_dict()}
+        path, {"stage": "svr", "model_config": config_to_dict(TINY_MODEL), "config": {}, "model": tiny_model.state_dict()}
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_ae_checkpoint(tmp_path_factory, tiny_model) -> Path:
+    """The same weights saved as an IM-AE checkpoint (`train.py ae`): programs that reconstruct
+    from images must refuse it, since an AE's image encoder is untrained."""
+    path = tmp_path_factory.mktemp("tiny_ae") / "best.pt"
+    save_checkpoint(
+        path, {"stage": "ae", "model_config": config_to_dict(TINY_MODEL), "config": {}, "model": tiny_model.state_dict()}
     )
     return path

@@ -1,4 +1,4 @@
-"""imnet.app: its functions with a tiny model, and the whole page driven in a real headless Chromium.
+"""app.py: its functions with a tiny model, and the whole page driven in a real headless Chromium.
 
 The model is conftest's `tiny_checkpoint`, which reconstructs the same box chair from any picture;
 these tests are about the app around the network. Budget: under 90 s for the file.
@@ -20,18 +20,15 @@ import torch
 import trimesh
 
 from conftest import CHAIR_BOXES
-from imnet.app import (
+from app import (
     EXPORT_FORMATS,
     TURNTABLE_AZIMUTHS,
     EmptyMeshError,
-    depth_image,
     export_mesh,
     find_checkpoints,
-    light_direction,
     load_models,
     load_picture,
     main,
-    normal_image,
     reconstruct,
     relit_view,
     render_views,
@@ -55,13 +52,15 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tiny_checkpoint):
-    return load_models({"chair": tiny_checkpoint})["chair"]
+def app_model(tiny_checkpoint):
+    models, refused = load_models({"chair": tiny_checkpoint})
+    assert not refused
+    return models["chair"]
 
 
 @pytest.fixture(scope="module")
-def chair_mesh(tiny_model) -> trimesh.Trimesh:
-    mesh, _ = reconstruct(tiny_model, load_picture(CHAIR_PHOTO).pixels, resolution=48)
+def chair_mesh(app_model) -> trimesh.Trimesh:
+    mesh, _ = reconstruct(app_model, load_picture(CHAIR_PHOTO).pixels, resolution=48)
     return mesh
 
 
@@ -98,6 +97,16 @@ def test_main_reports_a_missing_or_bad_checkpoint_in_one_line(tmp_path, capsys):
     assert main(["--checkpoint", str(tmp_path / "bad.pt")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bad.pt" in err
+
+
+def test_an_ae_checkpoint_is_refused_naming_the_right_stage(tiny_checkpoint, tiny_ae_checkpoint, capsys):
+    assert main(["--checkpoint", str(tiny_ae_checkpoint)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{tiny_ae_checkpoint} is an IM-AE checkpoint (train.py ae)" in err
+    assert "images need an IM-SVR checkpoint (train.py svr)" in err
+    models, refused = load_models({"chair": tiny_checkpoint, "ae": tiny_ae_checkpoint})
+    assert list(models) == ["chair"] and "IM-AE checkpoint" in refused["ae"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,8 +153,8 @@ def test_reconstruct_gives_the_chair_in_object_space(chair_mesh):
     np.testing.assert_allclose(chair_mesh.bounds, expected, atol=0.06)
 
 
-def test_reconstruct_without_a_surface_says_what_to_do(tiny_model):
-    nothing = copy.deepcopy(tiny_model)
+def test_reconstruct_without_a_surface_says_what_to_do(app_model):
+    nothing = copy.deepcopy(app_model)
     with torch.no_grad():
         nothing.decoder.layers[-1].code.bias.fill_(-30.0)  # occupancy ~0 everywhere
     with pytest.raises(EmptyMeshError, match="lower the iso-level"), pytest.warns(UserWarning, match="empty"):
@@ -154,12 +163,6 @@ def test_reconstruct_without_a_surface_says_what_to_do(tiny_model):
 
 # ----------------------------------------------------------------------------------------------
 # Renders and files
-
-
-def test_light_direction_follows_the_camera_convention():
-    np.testing.assert_allclose(light_direction(0, 90), [0, 1, 0], atol=1e-12)
-    np.testing.assert_allclose(light_direction(90, 0), [1, 0, 0], atol=1e-12)
-    np.testing.assert_allclose(light_direction(0, 0), [0, 0, -1], atol=1e-12)  # in front (ShapeNet v2: -z)
 
 
 def test_render_views_shapes_and_content(chair_mesh):
@@ -176,14 +179,6 @@ def test_render_views_shapes_and_content(chair_mesh):
     from_the_side = relit_view(chair_mesh, (-90.0, 0.0), size=96)
     assert not np.array_equal(from_above, from_the_side)
     np.testing.assert_array_equal(render_views(chair_mesh, light=(-90.0, 0.0), size=96).relit, from_the_side)
-
-
-def test_depth_and_normal_images_encode_their_values():
-    depth = np.array([[np.inf, 1.0], [2.0, 1.5]], np.float32)
-    np.testing.assert_array_equal(depth_image(depth), [[255, 0], [200, 100]])
-    normals = np.zeros((1, 2, 3), np.float32)
-    normals[0, 1] = [0.0, 0.0, 1.0]
-    np.testing.assert_array_equal(normal_image(normals), [[[255, 255, 255], [128, 128, 255]]])
 
 
 def test_renders_from_concurrent_sessions_are_each_correct(chair_mesh):
@@ -230,10 +225,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(tiny_checkpoint):
-    from imnet.app import build_app, launch
+def app_url(tiny_checkpoint, tiny_ae_checkpoint):
+    from app import build_app, launch
 
-    demo = build_app({"chair": tiny_checkpoint, "table": tiny_checkpoint}, device="cpu", default_resolution=48)
+    # "ae" is an IM-AE checkpoint: served in the menu, refused in the page when chosen.
+    models = {"chair": tiny_checkpoint, "table": tiny_checkpoint, "ae": tiny_ae_checkpoint}
+    demo = build_app(models, device="cpu", default_resolution=48)
     port = _free_port()
     launch(demo, "127.0.0.1", port, block=False, quiet=True)
     yield f"http://127.0.0.1:{port}/"
@@ -352,5 +349,11 @@ def test_page_end_to_end(app_url, browser, tmp_path):
     second.locator("#resolution input[type=number]").blur()
     second.locator("#reconstruct").click()
     assert "resolution 32" in _wait_for_status(second, "resolution 32")
+
+    # The IM-AE checkpoint in the menu: its one-line reason in the page, nothing reconstructed.
+    second.locator("#category input").click()
+    second.get_by_role("option", name="ae").click()
+    second.locator("#reconstruct").click()
+    second.get_by_text("images need an IM-SVR checkpoint (train.py svr)").wait_for()
 
     assert external == []

@@ -106,3 +106,25 @@ def test_foreign_torch_files_and_missing_files_are_rejected(tmp_path):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_stage_is_checked_and_the_message_names_the_right_one(tmp_path):
+    path = tmp_path / "ae.pt"
+    write_model_checkpoint(path)  # stage "ae"
+    model, _ = load_model(path, stage="ae")
+    assert model.config == SMALL
+    with pytest.raises(CheckpointError) as error:
+        load_model(path, stage="svr")
+    message = str(error.value)
+    assert message == (
+        f"{path} is an IM-AE checkpoint (train.py ae), whose image encoder was never trained; "
+        "images need an IM-SVR checkpoint (train.py svr)"
+    )
+    svr = tmp_path / "svr.pt"
+    save_checkpoint(svr, {"stage": "svr", "model_config": config_to_dict(SMALL), "model": IMNet(SMALL).state_dict()})
+    with pytest.raises(CheckpointError, match=r"is an IM-SVR checkpoint \(train.py svr\); shape codes from voxels "
+                       r"need an IM-AE checkpoint \(train.py ae\)"):
+        load_model(svr, stage="ae")
+    assert load_model(svr)[1]["stage"] == "svr"  # stage=None takes either
+    with pytest.raises(ValueError, match="stage must be one of"):
+        load_model(svr, stage="SVR")

@@ -15,6 +15,7 @@ from data_prep.__main__ import main as data_prep_main
 from imnet.config import DataPrepConfig
 from imnet.datafile import open_datafile
 from imnet.images import composite_on_white, load_image
+from imnet.mesh import MeshError, axes_rotation
 from imnet.sampling import indices_to_coords
 
 DATA = Path(__file__).parent / "data"
@@ -54,12 +55,6 @@ def test_binvox_and_r2n2_discovery():
     assert with_views[0].views_dir.endswith("1a6f615e8b1b5ae4dbbc9440457e303e/rendering")
     v2 = sources.binvox_sources(SHAPENET)
     assert len(v2) == 3 and all(s.path.endswith(".solid.binvox") for s in v2)  # surface.binvox skipped
-
-
-def test_normalisation_rule():
-    centre, scale = pipeline.normalisation(np.array([[0.0, 0.0, 0.0], [2.0, 4.0, 4.0]]))
-    np.testing.assert_allclose(centre, [1, 2, 2])
-    assert scale == pytest.approx(6.0)  # the bounding-box diagonal
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +134,7 @@ def test_bad_meshes_are_logged_not_fatal(tmp_path):
     assert data.names == ["chair/good"]
     # A gigantic mesh is refused with its reason instead of stalling a worker.
     (good,) = [s for s in sources.mesh_folder_sources(tmp_path / "meshes") if s.name == "chair/good"]
-    with pytest.raises(pipeline.ShapeError, match="more than max_faces=100"):
+    with pytest.raises(MeshError, match="more than max_faces=100"):
         pipeline.prepare_shape(good, DataPrepConfig(render=False, max_faces=100))
 
 
@@ -179,10 +174,12 @@ def test_shapenet_v1_meshes_are_turned_into_the_v2_frame(tmp_path):
     v1 = tmp_path / "v1" / "03001627" / "353bbd3b916426d24502f857a1cf320e"
     v1.mkdir(parents=True)
     mesh = trimesh.load(v2_mesh, force="mesh")
-    mesh.apply_transform(np.linalg.inv(pipeline.V1_TO_V2))  # how ShapeNet v1 stores the same chair
+    turn = np.eye(4)
+    turn[:3, :3] = axes_rotation(sources.V1_UP, sources.V1_FRONT).T
+    mesh.apply_transform(turn)  # how ShapeNet v1 stores the same chair
     mesh.export(v1 / "model.obj")
     (found,) = sources.shapenet_sources(tmp_path / "v1")
-    assert found.frame == "v1"
+    assert (found.up, found.front) == ("+y", "+x")
     a = pipeline.prepare_shape(found, DataPrepConfig(render=False))
     b = pipeline.prepare_shape(sources.shapenet_sources(SHAPENET, ids=[CHAIR])[0], DataPrepConfig(render=False))
     overlap = (a["voxels"] & b["voxels"]).sum() / (a["voxels"] | b["voxels"]).sum()
@@ -263,3 +260,31 @@ def test_synthetic_cli_renders_views_through_the_mesh_path(tmp_path, capsys):
     # Rerunning resumes: nothing is generated or prepared again.
     assert data_prep_main(["synthetic", "--categories", "chair", "table", "--count", "2", "--out", str(out)]) == 0
     assert "0 shapes prepared, 4 already done" in capsys.readouterr().out
+
+
+def test_a_turned_copy_prepared_with_its_axes_gives_the_same_voxels(tmp_path, capsys):
+    """A z-up mesh facing +x (as CAD tools export), prepared with --up +z --front +x, is the fixture
+    exactly; its metadata records the axes, and evaluation reads its ground truth back the same."""
+    from eval.run import ground_truth
+    from imnet.mesh import from_shapenet_axes, load_mesh
+
+    original, turned = tmp_path / "original" / "chair", tmp_path / "turned" / "chair"
+    original.mkdir(parents=True)
+    turned.mkdir(parents=True)
+    source = SHAPENET / CHAIR / "models" / "model_normalized.obj"
+    shutil.copy(source, original / "a.obj")
+    from_shapenet_axes(load_mesh(source), "+z", "+x").export(turned / "a.obj")  # the same chair, other axes
+    for name, axes in (("original", []), ("turned", ["--up", "+z", "--front", "+x"])):
+        argv = ["meshes", str(tmp_path / name), "--out", str(tmp_path / f"{name}_out"), "--no-render", *axes]
+        assert data_prep_main(argv) == 0
+    assert "source axes (up, front): +z +x" in capsys.readouterr().err
+    a = open_datafile(tmp_path / "original_out" / "chair_train.hdf5")
+    b = open_datafile(tmp_path / "turned_out" / "chair_train.hdf5")
+    np.testing.assert_array_equal(a.voxels, b.voxels)
+    for level in (16, 32, 64):
+        np.testing.assert_array_equal(a.points(level), b.points(level))
+    assert (a.meta["up"], a.meta["front"], b.meta["up"], b.meta["front"]) == (["+y"], ["-z"], ["+z"], ["+x"])
+    np.testing.assert_allclose(ground_truth(b, 0).mesh.vertices, ground_truth(a, 0).mesh.vertices, atol=1e-6)
+    # Prepared without its axes, the turned copy is another shape.
+    wrong = pipeline.prepare_shape(sources.mesh_folder_sources(tmp_path / "turned")[0], DataPrepConfig(render=False))
+    assert (wrong["voxels"] != a.voxels[0][..., None]).mean() > 0.01

@@ -18,6 +18,7 @@ from eval.__main__ import main
 from eval.run import ground_truth, mesh_file_stem, score_mesh
 from imnet.checkpoint import load_model, save_checkpoint
 from imnet.datafile import open_datafile, write_datafile
+from imnet.images import crop_view
 from imnet.render import render_views, sample_r2n2_cameras
 from imnet.sampling import sample_points
 from imnet.voxelize import voxelize_solid
@@ -146,7 +147,7 @@ def test_pixel_features_and_nearest_shapes():
 def test_encoder_features_retrieve_the_same_image(split, tiny_checkpoint):
     model, _ = load_model(tiny_checkpoint)
     with open_datafile(split) as data:
-        crops = np.asarray(data.pixels[:2, :6])[..., baseline.CROP, baseline.CROP]  # [2, 6, 128, 128]
+        crops = crop_view(np.asarray(data.pixels[:2, :6]))  # [2, 6, 128, 128]
     featurize = baseline.encoder_featurizer(model.eval())
     features = featurize(crops)
     assert features.shape == (2, 6, 512)
@@ -154,7 +155,7 @@ def test_encoder_features_retrieve_the_same_image(split, tiny_checkpoint):
     assert index.tolist() == [0, 1]
 
 
-def test_published_numbers_are_reference_md():
+def test_published_numbers_are_the_papers():
     values = {(r.method, r.source, r.category, r.metric): r.value for r in published.PUBLISHED}
     assert values[("Occupancy Networks", published.ONET_UPDATED, "mean", "iou")] == 0.593
     assert values[("Occupancy Networks", published.ONET_UPDATED, "03001627", "chamfer_l1")] == 0.206
@@ -217,7 +218,8 @@ def test_run_end_to_end_with_report_and_retrieval(split, tiny_checkpoint, tmp_pa
     for category in ("chair (03001627)", "airplane (02691156)", "**category mean**", "**shape mean**"):
         assert re.search(rf"^\| {re.escape(category)} \| IM-NET \(this checkpoint\) \|", markdown, re.M)
         assert re.search(rf"^\| {re.escape(category)} \| retrieval baseline \| .* \| 1\.000 \|", markdown, re.M)
-    assert "published, their data/protocol (REFERENCE.md)" in markdown
+    assert "published, their data/protocol (docs/published.md)" in markdown
+    assert f"- [{published.ONET_UPDATED}] Mescheder et al." in markdown  # every table's source is cited
     assert "| chair (03001627) | published: Occupancy Networks [ONet, updated table] | 0.530 | 0.206 |" in markdown
 
     html = (out / "report.html").read_text()
@@ -289,7 +291,8 @@ def test_user_mistakes_give_one_line_and_exit_2(split, tiny_checkpoint, tmp_path
     model, checkpoint = load_model(tiny_checkpoint)
     save_checkpoint(ae, {"stage": "ae", "model_config": checkpoint["model_config"], "config": {},
                          "model": model.state_dict()})
-    assert "not an SVR one" in _error(["run", "--checkpoint", str(ae), "--out", str(out), "--data", str(split)], capsys)
+    assert "is an IM-AE checkpoint (train.py ae), whose image encoder was never trained; images need an IM-SVR " \
+        "checkpoint (train.py svr)" in _error(["run", "--checkpoint", str(ae), "--out", str(out), "--data", str(split)], capsys)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
     assert str(garbage) in _error(["run", "--checkpoint", str(garbage), "--out", str(out), "--data", str(split)], capsys)
@@ -301,3 +304,31 @@ def test_user_mistakes_give_one_line_and_exit_2(split, tiny_checkpoint, tmp_path
     assert "mesh file not found" in _error(["metrics", str(tmp_path / "a.obj"), str(tmp_path / "b.obj")], capsys)
     assert not out.exists()  # nothing half-written
 
+
+
+def test_metrics_command_takes_the_ground_truths_axes(tmp_path, capsys):
+    from imnet.mesh import from_shapenet_axes, load_mesh
+
+    chair = load_mesh(REAL_CHAIR_MESH)
+    pred, gt = tmp_path / "pred.obj", tmp_path / "gt.obj"
+    trimesh.creation.box(extents=(0.3, 0.5, 0.2)).apply_translation([0.05, 0.0, -0.1]).export(pred)
+    chair.export(tmp_path / "gt_v2.obj")
+    from_shapenet_axes(chair.copy(), "+z", "-x").export(gt)  # the ground truth in z-up axes facing -x
+
+    def scores(*argv):
+        assert main(["metrics", str(pred), *argv, "--json", *FAST]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    reference = scores(str(tmp_path / "gt_v2.obj"))
+    assert scores(str(gt), "--up", "+z", "--front", "-x") == pytest.approx(reference, abs=1e-6)
+    assert scores(str(gt))["chamfer_l1"] != pytest.approx(reference["chamfer_l1"], abs=1e-3)  # a turned ground truth
+
+
+def test_published_md_lists_every_published_number_under_its_source():
+    text = (Path(__file__).parents[1] / "docs" / "published.md").read_text()
+    sections = {part.split("]**", 1)[0]: part for part in text.split("**[")[1:]}
+    for result in published.PUBLISHED:
+        assert result.source in sections, result.source
+        assert f"| {result.value:.3f} |" in sections[result.source], result
+    for source, citation in published.CITATIONS.items():
+        assert citation.split(",")[0] in sections[source]  # the first author named where the numbers are

@@ -225,3 +225,20 @@ def test_bad_arguments():
         preprocess(np.full((100, 100), 255, np.uint8), fill=1.5)
     with pytest.raises(ImageError, match=r"\[0, 1\]"):
         composite_on_white(np.full((4, 4, 3), 200.0))
+
+
+def test_crop_view_is_the_training_crop_for_numpy_and_torch():
+    import torch
+
+    from imnet.images import crop_view, input_tensor
+
+    views = np.arange(2 * 137 * 137, dtype=np.int64).reshape(2, 137, 137).astype(np.uint8)
+    np.testing.assert_array_equal(crop_view(views), views[:, 4:132, 4:132])
+    np.testing.assert_array_equal(crop_view(torch.from_numpy(views)).numpy(), views[:, 4:132, 4:132])
+    with pytest.raises(ImageError, match="137x137"):
+        crop_view(views[:, :128, :128])
+    image = input_tensor(crop_view(views))
+    assert image.shape == (2, 1, 128, 128) and image.dtype == torch.float32
+    np.testing.assert_allclose(image[:, 0].numpy(), views[:, 4:132, 4:132] / 255.0, rtol=1e-6)
+    with pytest.raises(ImageError, match="128x128"):
+        input_tensor(views)

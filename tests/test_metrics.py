@@ -9,6 +9,7 @@ import trimesh
 from skimage import measure
 
 from imnet import metrics
+from imnet.mesh import MeshError
 
 DATA = Path(__file__).parent / "data"
 SHAPENET_CHAIR = (
@@ -81,7 +82,7 @@ def test_sample_surface_of_a_degenerate_mesh_is_empty(make_mesh):
 
 
 def test_sample_surface_rejects_a_scene_with_a_hint():
-    with pytest.raises(TypeError, match="force='mesh'"):
+    with pytest.raises(MeshError, match="force='mesh'"):
         metrics.sample_surface(trimesh.Scene(), 10)
 
 

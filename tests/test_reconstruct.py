@@ -70,21 +70,25 @@ def test_folder_input_with_extras_at_a_non_power_of_two(tiny_checkpoint, tmp_pat
 def test_hdf5_split_input_and_original_frame(tiny_checkpoint, tmp_path):
     from data_prep import pipeline, sources
     from imnet.config import DataPrepConfig
+    from imnet.datafile import open_datafile
+    from imnet.mesh import normalise, to_shapenet_axes
 
     found = sources.attach_r2n2_views(sources.binvox_sources(DATA / "r2n2_sample/ShapeNetVox32"), DATA / "r2n2_sample/ShapeNetRendering")
     pipeline.prepare(found, DataPrepConfig(out_dir=str(tmp_path / "data"), train_fraction=1.0))
     h5 = tmp_path / "data" / "03001627_train.hdf5"
-    out = tmp_path / "meshes"
-    assert run("--checkpoint", tiny_checkpoint, h5, "--view", 3, "-o", out, "--resolution", 32, "--original-frame") == 0
-    (mesh_path,) = out.glob("*.obj")
+    for folder, extra in (("object", []), ("source", ["--original-frame"])):
+        assert run("--checkpoint", tiny_checkpoint, h5, "--view", 3, "-o", tmp_path / folder, "--resolution", 32, *extra) == 0
+    (mesh_path,) = (tmp_path / "source").glob("*.obj")
     assert mesh_path.name == "03001627_1a6f615e8b1b5ae4dbbc9440457e303e_view03.obj"
-    from imnet.datafile import open_datafile
-
+    in_object_space = trimesh.load(tmp_path / "object" / mesh_path.name, force="mesh", process=False)
+    in_source_frame = trimesh.load(mesh_path, force="mesh", process=False)
+    # ShapeNetVox32 is in ShapeNet v1's axes (front +x): the mesh goes back to those axes, position and size.
     meta = open_datafile(h5).meta
-    mesh = trimesh.load(mesh_path, force="mesh")
-    # normalised [-0.5, 0.5] mapped back: p = p_norm * scale + centre
-    assert np.all(mesh.bounds[1] <= 0.5 * meta["scale"][0] + meta["centre"][0] + 1e-4)
-    assert run("--checkpoint", tiny_checkpoint, h5, "--view", 24, "-o", out) == 2
+    assert (meta["up"][0], meta["front"][0]) == ("+y", "+x")
+    assert not np.allclose(in_source_frame.bounds, in_object_space.bounds, atol=0.05)
+    forward = normalise(to_shapenet_axes(in_source_frame, "+y", "+x"), meta["centre"][0], meta["scale"][0])
+    np.testing.assert_allclose(forward.vertices, in_object_space.vertices, atol=1e-5)
+    assert run("--checkpoint", tiny_checkpoint, h5, "--view", 24, "-o", tmp_path / "object") == 2
 
 
 def test_dense_and_coarse_to_fine_give_the_same_mesh(tiny_checkpoint, tmp_path):
@@ -117,6 +121,18 @@ def test_user_mistakes_give_one_line_and_no_output(tiny_checkpoint, tmp_path, ca
     assert run("--checkpoint", tiny_checkpoint, PHOTO, "-o", out, "--resolution", 2) == 2
     assert run("--checkpoint", tiny_checkpoint, PHOTO, "-o", out, "--resolution", 100000) == 2
     assert "--resolution must be in 8..1024" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_ae_checkpoint_is_refused_in_one_line_naming_the_right_stage(tiny_ae_checkpoint, tmp_path, capsys):
+    out = tmp_path / "chair.obj"
+    assert run("--checkpoint", tiny_ae_checkpoint, PHOTO, "-o", out) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()
+    assert line == (
+        f"reconstruct.py: error: {tiny_ae_checkpoint} is an IM-AE checkpoint (train.py ae), whose image encoder "
+        "was never trained; images need an IM-SVR checkpoint (train.py svr)"
+    )
     assert not out.exists()
 
 

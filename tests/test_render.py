@@ -12,11 +12,16 @@ import trimesh
 from PIL import Image
 
 from imnet.binvox import read_binvox
+from imnet.mesh import MeshError
 from imnet.render import (
     R2N2_LENS_FOV,
     Renderer,
+    View,
     camera_pose,
+    depth_image,
+    direction_from,
     lens_fov,
+    normal_image,
     render_depth_normals,
     render_rgb,
     render_views,
@@ -190,7 +195,7 @@ def test_render_views_reproduces_r2n2_framing_on_real_data():
 
 
 def test_render_rgb_is_a_coloured_preview_on_white(sphere):
-    image = render_rgb(sphere, azimuth=30, elevation=20, size=96, color=(0.9, 0.2, 0.2))
+    image = render_rgb(sphere, View(azimuth=30, elevation=20), size=96, color=(0.9, 0.2, 0.2))
     assert image.shape == (96, 96, 3) and image.dtype == np.uint8
     assert np.all(image[0, 0] == 255) and np.all(image[-1, -1] == 255)
     inside = image[image.min(axis=2) < 255]
@@ -198,8 +203,8 @@ def test_render_rgb_is_a_coloured_preview_on_white(sphere):
 
 
 def test_render_rgb_light_direction_moves_the_highlight(slab):
-    lit_from_above = render_rgb(slab, azimuth=30, elevation=30, size=96, light_direction=[0, 1, 0])
-    lit_from_below = render_rgb(slab, azimuth=30, elevation=30, size=96, light_direction=[0, -1, 0])
+    lit_from_above = render_rgb(slab, View(azimuth=30, elevation=30), size=96, light_direction=[0, 1, 0])
+    lit_from_below = render_rgb(slab, View(azimuth=30, elevation=30), size=96, light_direction=[0, -1, 0])
     # The top face is what the camera sees highest in the image: compare its brightness.
     mask = lit_from_above.min(axis=2) < 255
     top_row = np.nonzero(mask.any(axis=1))[0][0] + 3
@@ -208,7 +213,7 @@ def test_render_rgb_light_direction_moves_the_highlight(slab):
 
 def test_depth_and_normals_of_a_sphere(sphere):
     size, ratio = 64, 0.8
-    depth, normals = render_depth_normals(sphere, azimuth=30, elevation=25, size=size, distance_ratio=ratio)
+    depth, normals = render_depth_normals(sphere, View(30, 25, ratio), size=size)
     assert depth.shape == (size, size) and depth.dtype == np.float32
     assert normals.shape == (size, size, 3) and normals.dtype == np.float32
     hit = np.isfinite(depth)
@@ -220,12 +225,26 @@ def test_depth_and_normals_of_a_sphere(sphere):
     assert depth[centre, centre] == pytest.approx(ratio * 1.75 - 0.3, abs=5e-3)
     np.testing.assert_allclose(normals[centre, centre], [0, 0, 1], atol=0.05)
     # Same camera as the shaded preview: the silhouettes agree up to anti-aliased edge pixels.
-    preview = render_rgb(sphere, azimuth=30, elevation=25, size=size, distance_ratio=ratio)
+    preview = render_rgb(sphere, View(30, 25, ratio), size=size)
     assert (hit == (preview.min(axis=2) < 255)).mean() > 0.98
 
 
+def test_direction_from_follows_the_camera_convention():
+    np.testing.assert_allclose(direction_from(0, 90), [0, 1, 0], atol=1e-12)
+    np.testing.assert_allclose(direction_from(90, 0), [1, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(direction_from(0, 0), [0, 0, -1], atol=1e-12)  # in front (ShapeNet v2: -z)
+
+
+def test_depth_and_normal_images_encode_their_values():
+    depth = np.array([[np.inf, 1.0], [2.0, 1.5]], np.float32)
+    np.testing.assert_array_equal(depth_image(depth), [[255, 0], [200, 100]])
+    normals = np.zeros((1, 2, 3), np.float32)
+    normals[0, 1] = [0.0, 0.0, 1.0]
+    np.testing.assert_array_equal(normal_image(normals), [[[255, 255, 255], [128, 128, 255]]])
+
+
 def test_object_frame_normals_point_at_the_camera_in_the_middle(sphere):
-    _, normals = render_depth_normals(sphere, azimuth=90, elevation=0, size=33, frame="object")
+    _, normals = render_depth_normals(sphere, View(azimuth=90, elevation=0), size=33, frame="object")
     np.testing.assert_allclose(normals[16, 16], [1, 0, 0], atol=0.05)
 
 
@@ -236,7 +255,7 @@ def test_object_frame_normals_point_at_the_camera_in_the_middle(sphere):
 def test_bad_inputs_raise_helpful_errors(renderer, slab):
     with pytest.raises(ValueError, match=r"\[V, 5\]"):
         renderer.views(slab, np.zeros((3, 4)))
-    with pytest.raises(ValueError, match="without faces"):
+    with pytest.raises(MeshError, match="no faces"):
         renderer.views(trimesh.Trimesh(), camera())
     with pytest.raises(ValueError, match="light_direction"):
         renderer.shaded(slab, camera(), light_direction=[0, 0, 0])

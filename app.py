@@ -1,22 +1,28 @@
 """A local web app: upload a picture, get an interactive 3D model, turn it, relight it, download it.
 
-    python -m imnet.app                                        # demo_out/svr/best.pt (after `make demo`)
-    python -m imnet.app --checkpoint runs/svr/best.pt
-    python -m imnet.app --checkpoint-dir runs/categories       # <dir>/<category>/best.pt: a category menu
+    python app.py                                        # demo_out/svr/best.pt (after `make demo`)
+    python app.py --checkpoint runs/svr/best.pt
+    python app.py --checkpoint-dir runs/categories       # <dir>/<category>/best.pt: a category menu
 
 then open http://127.0.0.1:7860. The page shows the picture with the square the network crops, the
 128x128 grayscale image the network actually sees, the mesh in an interactive viewer (drag to rotate,
 scroll to zoom, right-drag to pan), a turntable of rendered views, a view with a movable light, depth
 and normal maps, the time each step took, and buttons to download the mesh as OBJ, PLY or GLB.
 
-The work is done by plain functions (`load_picture`, `reconstruct`, `render_views`, `relit_view`,
-`export_mesh`) that take and return arrays and meshes; `build_app` only wires them to Gradio
+Needs the `app` extra (gradio, and pyrender for the renders): `pip install -e .[app]`; `make demo`
+and `make test` install it. The work is done by plain functions (`load_picture`, `reconstruct`,
+`render_views`, `relit_view`, `export_mesh`) that take and return arrays and meshes, on top of the
+library (`imnet.images`, `imnet.inference`, `imnet.render`); `build_app` only wires them to Gradio
 components, and `main` is the command line.
+
+Models: only IM-SVR checkpoints (`train.py svr`) can reconstruct pictures. Checkpoints that cannot
+(an IM-AE one, an unreadable file) are refused with a one-line reason: at start when none is
+usable, otherwise in the page when their category is chosen.
 
 Viewpoint of the single rendered views (relit view, depth, normals): IM-NET reconstructs the shape
 in its canonical object frame and does not estimate the camera of the picture, so these views use a
-fixed camera typical of the 3D-R2N2 renderings the network was trained on (`DEFAULT_VIEW`: azimuth 45
-degrees from the front, elevation 25 degrees, distance ratio 0.8; see `imnet.render`).
+fixed camera typical of the 3D-R2N2 renderings the network was trained on
+(`imnet.render.DEFAULT_VIEW`: azimuth 45 degrees from the front, elevation 25 degrees, distance ratio 0.8).
 
 Concurrency: Gradio runs each event in a worker thread. Sessions share only the models, which are
 never written to after loading; each session's files live in its own temporary folder, and its mesh
@@ -48,9 +54,20 @@ from skimage.transform import rescale
 from imnet.checkpoint import CheckpointError, load_model
 from imnet.images import Box, ImageError, composite_on_white, load_image, preprocess
 from imnet.inference import reconstruct_image
-from imnet.precision import resolve_device
+from imnet.mesh import save_mesh
 from imnet.model import IMNet
-from imnet.render import R2N2_RECORDED_FOV, Renderer, camera_pose, render_depth_normals
+from imnet.precision import resolve_device
+from imnet.render import (
+    DEFAULT_VIEW,
+    PREVIEW_COLOR,
+    Renderer,
+    View,
+    depth_image,
+    direction_from,
+    normal_image,
+    render_depth_normals,
+    render_rgb,
+)
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -60,26 +77,14 @@ MAX_MEGAPIXELS = 40.0  # larger pictures are refused before they are decoded (40
 MAX_UPLOAD = "100mb"
 EXPORT_FORMATS = ("obj", "ply", "glb")
 
-
-@dataclass(frozen=True)
-class View:
-    """A camera looking at the origin, in the convention of `imnet.render` (azimuth 0: front view)."""
-
-    azimuth: float = 45.0
-    elevation: float = 25.0
-    distance_ratio: float = 0.8
-
-
-DEFAULT_VIEW = View()
 # Orbit radius of the page's 3D viewer: frames any shape of bounding-box diagonal 1 (the normalisation).
 VIEWER_RADIUS = 1.6
 TURNTABLE_AZIMUTHS = tuple(range(0, 360, 45))
 # The default light of `imnet.render`: above and to the side of the default camera.
 DEFAULT_LIGHT = (DEFAULT_VIEW.azimuth + 40.0, DEFAULT_VIEW.elevation + 35.0)
 
-MESH_COLOR = (0.75, 0.8, 0.9)  # light blue, in the renders and the viewer alike
 _VIEWER_MATERIAL = trimesh.visual.material.PBRMaterial(
-    baseColorFactor=(*MESH_COLOR, 1.0), metallicFactor=0.0, roughnessFactor=0.8, doubleSided=True
+    baseColorFactor=(*PREVIEW_COLOR, 1.0), metallicFactor=0.0, roughnessFactor=0.8, doubleSided=True
 )
 
 # One OpenGL context at a time: pyrender is not thread-safe and EGL contexts belong to a thread.
@@ -135,17 +140,25 @@ def find_checkpoints(
     return dict(sorted(found.items()))
 
 
-def load_models(paths: dict[str, Path], device: str | torch.device = "cpu") -> dict[str, IMNet]:
-    """Load every checkpoint once, in eval mode, without gradients: the app only ever reads them.
+def load_models(
+    paths: dict[str, Path], device: str | torch.device = "cpu"
+) -> tuple[dict[str, IMNet], dict[str, str]]:
+    """Load every IM-SVR checkpoint once, in eval mode, without gradients: the app only reads them.
 
-    Raises:
-        CheckpointError: a checkpoint is unreadable or not an imnet model.
+    Returns:
+        The models by name, and the checkpoints that were refused by name with the one-line reason
+        (`imnet.checkpoint.load_model`: unreadable, not an imnet checkpoint, or an IM-AE checkpoint,
+        whose image encoder is untrained).
     """
-    models = {}
+    models, refused = {}, {}
     for name, path in paths.items():
-        model, _ = load_model(path, map_location=device)
+        try:
+            model, _ = load_model(path, stage="svr", map_location=device)
+        except CheckpointError as e:
+            refused[name] = str(e)
+            continue
         models[name] = model.to(device).eval().requires_grad_(False)
-    return models
+    return models, refused
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,12 +277,6 @@ class Views:
     seconds: float
 
 
-def light_direction(azimuth: float, elevation: float) -> np.ndarray:
-    """Unit vector [3] from the object towards a light at (azimuth, elevation), in degrees, using the
-    camera convention of `imnet.render` (azimuth 0: in front of the object, elevation 90: above)."""
-    return camera_pose(azimuth, elevation, 1.0)[:3, 2]
-
-
 def render_views(
     mesh: trimesh.Trimesh,
     *,
@@ -282,18 +289,17 @@ def render_views(
 
     Args:
         mesh: non-empty, in [-0.5, 0.5]^3.
-        light: (azimuth, elevation) in degrees of the relit view's light, see :func:`light_direction`.
+        light: (azimuth, elevation) in degrees of the relit view's light (`imnet.render.direction_from`).
         view: camera of the relit view and of the depth and normal maps.
         azimuths: turntable camera azimuths in degrees (at the elevation and distance of `view`).
         size: side of every image in pixels.
     """
     start = time.perf_counter()
-    cameras = np.array([[a, view.elevation, 0.0, view.distance_ratio, R2N2_RECORDED_FOV] for a in azimuths])
-    relit_camera = [[view.azimuth, view.elevation, 0.0, view.distance_ratio, R2N2_RECORDED_FOV]]
+    cameras = np.stack([View(azimuth, view.elevation, view.distance_ratio).camera() for azimuth in azimuths])
     with _GL_LOCK, Renderer(size) as renderer:
-        turntable = list(renderer.shaded(mesh, cameras, color=MESH_COLOR))
-        relit = renderer.shaded(mesh, relit_camera, color=MESH_COLOR, light_direction=light_direction(*light))[0]
-    depth, normals = render_depth_normals(mesh, view.azimuth, view.elevation, size, distance_ratio=view.distance_ratio)
+        turntable = list(renderer.shaded(mesh, cameras, color=PREVIEW_COLOR))
+        relit = renderer.shaded(mesh, view.camera()[None], color=PREVIEW_COLOR, light_direction=direction_from(*light))[0]
+    depth, normals = render_depth_normals(mesh, view, size)
     return Views(turntable, relit, depth_image(depth), normal_image(normals), time.perf_counter() - start)
 
 
@@ -301,26 +307,8 @@ def relit_view(
     mesh: trimesh.Trimesh, light: tuple[float, float], *, view: View = DEFAULT_VIEW, size: int = 256
 ) -> np.ndarray:
     """The mesh from `view`, lit from (azimuth, elevation) `light` in degrees: uint8 [size, size, 3]."""
-    camera = [[view.azimuth, view.elevation, 0.0, view.distance_ratio, R2N2_RECORDED_FOV]]
-    with _GL_LOCK, Renderer(size) as renderer:
-        return renderer.shaded(mesh, camera, color=MESH_COLOR, light_direction=light_direction(*light))[0]
-
-
-def depth_image(depth: np.ndarray) -> np.ndarray:
-    """z-depth float [H, W] (inf where empty) -> uint8 [H, W]: nearest surface 0, farthest 200, empty 255."""
-    hit = np.isfinite(depth)
-    image = np.full(depth.shape, 255, dtype=np.uint8)
-    if hit.any():
-        near, far = depth[hit].min(), depth[hit].max()
-        image[hit] = np.rint(200 * (depth[hit] - near) / max(far - near, 1e-6)).astype(np.uint8)
-    return image
-
-
-def normal_image(normals: np.ndarray) -> np.ndarray:
-    """Unit normals float [H, W, 3] (0 where empty) -> uint8 RGB [H, W, 3], (n + 1) / 2; empty white."""
-    image = np.rint((normals + 1.0) * 127.5).astype(np.uint8)
-    image[~normals.any(axis=-1)] = 255
-    return image
+    with _GL_LOCK:
+        return render_rgb(mesh, view, size, light_direction=direction_from(*light))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -333,16 +321,14 @@ def export_mesh(mesh: trimesh.Trimesh, folder: str | Path, stem: str = "reconstr
     OBJ and PLY hold the bare geometry. The GLB, which the page's viewer shows, also has vertex normals
     and a matte light-blue material: without them glTF viewers draw a faceted, flat white shape.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {fmt: folder / f"{stem}.{fmt}" for fmt in EXPORT_FORMATS}
+    paths = {fmt: Path(folder) / f"{stem}.{fmt}" for fmt in EXPORT_FORMATS}
     for fmt, path in paths.items():
         if fmt == "glb":
             shown = mesh.copy()
             shown.visual = trimesh.visual.TextureVisuals(material=_VIEWER_MATERIAL)
-            shown.export(path, file_type="glb", include_normals=True)
+            save_mesh(shown, path, include_normals=True)
         else:
-            mesh.export(path, file_type=fmt)
+            save_mesh(mesh, path)
     return paths
 
 
@@ -409,16 +395,24 @@ def build_app(
         max_megapixels: larger pictures are refused with a message.
         concurrency: events that may run at once (each in a worker thread, across all sessions).
 
+    Checkpoints that are not usable IM-SVR ones stay in the category menu; choosing one shows why it
+    was refused.
+
     Raises:
-        CheckpointError: a checkpoint cannot be loaded. ValueError: an unusable device.
+        CheckpointError: no checkpoint can be used (the message is the first one's reason).
+        ValueError: an unusable device.
     """
     import gradio as gr  # here, not at the top: it takes seconds, and the functions above do not need it
 
     if isinstance(model_paths, (str, Path)):
         model_paths = find_checkpoints(checkpoint=model_paths)
     device = resolve_device(device) if isinstance(device, str) else device
-    models = load_models(model_paths, device)
-    names = list(models)
+    models, refused = load_models(model_paths, device)
+    if not models:
+        raise CheckpointError(next(iter(refused.values())))
+    for name, reason in refused.items():
+        print(f"warning: the {name} model cannot be used: {reason}", file=sys.stderr)
+    names = list(model_paths)
     if default_resolution is None:
         default_resolution = 128 if device.type == "cuda" else 64
     workspace = Path(tempfile.mkdtemp(prefix="imnet-app-"))
@@ -427,6 +421,8 @@ def build_app(
         if upload is None:
             raise gr.Error("Upload a picture first (PNG, JPEG, WebP, ...).", print_exception=False)
         name = Path(upload).name
+        if category in refused:
+            raise gr.Error(html.escape(refused[category]), title="Cannot use this model", print_exception=False)
         try:
             picture = load_picture(upload, max_megapixels=max_megapixels)
             mesh, reconstruct_seconds = reconstruct(
@@ -480,7 +476,7 @@ def build_app(
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
                 upload = gr.File(label="Picture", file_types=["image"], type="filepath", elem_id="upload")
-                category = gr.Dropdown(names, value=names[0], label="Category model", visible=len(names) > 1,
+                category = gr.Dropdown(names, value=next(iter(models)), label="Category model", visible=len(names) > 1,
                                        elem_id="category")
                 resolution = gr.Slider(
                     16, 512, value=default_resolution, step=16, label="Extraction resolution",
@@ -560,13 +556,13 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, *, block:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m imnet.app", description="Local web app: picture in, interactive 3D model out."
+        prog="python app.py", description="Local web app: picture in, interactive 3D model out."
     )
     parser.add_argument("--checkpoint", type=Path, help=f"SVR checkpoint (default: {DEFAULT_CHECKPOINT}, if present)")
     parser.add_argument("--checkpoint-dir", type=Path,
                         help="folder of category checkpoints <dir>/<category>/best.pt; adds a category menu")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 exposes the app to your network")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--resolution", type=int, default=None, help="initial extraction resolution (default: 128 on a GPU, 64 on a CPU)")
     parser.add_argument("--half", action="store_true", help="half-precision decoder (GPU)")
