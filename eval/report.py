@@ -215,6 +215,7 @@ def markdown(summary: dict) -> str:
     lines += ["## Conventions", ""] + [f"- {line}" for line in summary["conventions"]] + [""]
     lines += ["## Results", "", "Arrows: ↑ higher is better, ↓ lower is better.", ""]
     lines += _markdown_table(_table_rows(summary))
+    lines += identification_lines(summary)
     if "network_better_fraction" in summary:
         better = summary["network_better_fraction"]
         lines += ["", "Shapes where the network beats the retrieval baseline: "
@@ -229,6 +230,29 @@ def markdown(summary: dict) -> str:
         lines += ["", "Sources:", ""] + [f"- [{source}] {CITATIONS[source]}" for source in sources]
     return "\n".join(lines) + "\n"
 
+
+
+IDENTIFICATION_GRID = 32  # eval.run.IDENTIFICATION_RESOLUTION
+
+
+def identification_lines(summary: dict) -> list[str]:
+    """The identification table of summary.md (self-match, pred-pred vs gt-gt), or nothing."""
+    found = summary["run"].get("identification")
+    if not found:
+        return []
+    labels = {"network": METHOD_LABELS["meshes" if summary["run"].get("meshes") else "network"],
+              "retrieval": METHOD_LABELS["retrieval"]}
+    lines = ["", "## Identification: does each reconstruction follow its own input?", "",
+             f"On the cell centres of a {IDENTIFICATION_GRID}^3 grid. Self-match: the share of shapes whose "
+             "reconstruction has a higher IoU with its own ground truth than with every other test shape's (one "
+             "answer for every input scores at most 1/N). Pred-pred / gt-gt: mean IoU between the reconstructions / "
+             "the ground truths of different shapes; outputs more alike than the inputs mean an average shape.", "",
+             f"| method | self-match ↑ | pred-pred IoU | gt-gt IoU | IoU at {IDENTIFICATION_GRID}^3 ↑ |",
+             "|---|---:|---:|---:|---:|"]
+    for method, values in found.items():
+        lines.append(f"| {labels[method]} | {values['self_match']:.3f} | {values['pred_pred']:.3f} | "
+                     f"{values['gt_gt']:.3f} | {values['iou']:.3f} |")
+    return lines
 
 
 def _headers(columns: tuple[str, ...] = tuple(_COLUMNS), first: tuple[str, ...] = FIRST_HEADERS) -> list[str]:

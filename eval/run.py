@@ -58,8 +58,11 @@ from imnet.mesh import (
     normalise,
     to_shapenet_axes,
 )
+from imnet.diagnostics import identification
 from imnet.metrics import (
     chamfer_imnet,
+    grid_centres,
+    inside_mesh,
     iou_meshes,
     iou_occupancy,
     mesh_metrics,
@@ -71,6 +74,7 @@ from imnet.progress import progress
 from imnet.render import DEFAULT_VIEW, View
 from imnet.voxelize import voxelize_solid
 
+IDENTIFICATION_RESOLUTION = report.IDENTIFICATION_GRID  # self-match compares every reconstruction with every ground truth on this grid
 GT_RESOLUTION = 128  # voxel grid of the ground-truth solid when the source mesh is used
 IMNET_POINTS = 4096  # surface points of IM-NET's Chamfer protocol
 GT_KINDS = ("source_mesh", "voxels64")
@@ -119,9 +123,11 @@ class EvalResult:
     def line(self) -> str:
         """The one-line summary printed at the end of a run."""
         means = self.summary["methods"]
-        parts = [f"evaluated {len(self.rows)} shapes: " + report.headline(means["network"]["shape_mean"])]
+        found = self.summary["run"].get("identification", {})
+        match = lambda method: f", self-match {found[method]['self_match']:.2f}" if method in found else ""
+        parts = [f"evaluated {len(self.rows)} shapes: " + report.headline(means["network"]["shape_mean"]) + match("network")]
         if "retrieval" in means:
-            parts.append("retrieval baseline: " + report.headline(means["retrieval"]["shape_mean"]))
+            parts.append("retrieval baseline: " + report.headline(means["retrieval"]["shape_mean"]) + match("retrieval"))
         where = ", ".join(str(path) for key, path in self.files.items() if key in ("summary.md", "report.html"))
         return "; ".join(parts) + f"; see {where}"
 
@@ -369,6 +375,9 @@ def evaluate(config: EvalConfig) -> EvalResult:
 
         start = time.perf_counter()
         rows = []
+        # Occupancy at the 32^3 cell centres of every shape, for identification (self-match).
+        centres = grid_centres(IDENTIFICATION_RESOLUTION)
+        occupancy = {"truth": [], "network": [], "retrieval": []}
         bar = progress(rows_to_do, desc="evaluating", unit="shape", disable=not config.progress)
         for i in bar:
             gt = ground_truth(data, i, use=config.gt)
@@ -385,8 +394,11 @@ def evaluate(config: EvalConfig) -> EvalResult:
                 "seconds": None if prediction.seconds is None else round(prediction.seconds, 4),
             }
             meshes = {"gt": gt.mesh, "prediction": prediction.mesh}
+            occupancy["truth"].append(occupancy_from_grid(gt.occupancy, centres))
+            occupancy["network"].append(inside_mesh(prediction.mesh, centres))
             if retrieve is not None:
                 retrieved_name, distance, truth = retrieve(i)
+                occupancy["retrieval"].append(occupancy_from_grid(truth.occupancy, centres))
                 scores = score_mesh(truth.mesh, gt, pred_occupancy=truth.occupancy, **scoring)
                 row.update({
                     "retrieved_name": retrieved_name,
@@ -418,6 +430,11 @@ def evaluate(config: EvalConfig) -> EvalResult:
         "shapes": len(rows),
         "seconds": round(time.perf_counter() - start, 2),
     }
+    if len(rows) > 1:
+        run_info["identification"] = {
+            method: identification(np.stack(occupancy[method]), np.stack(occupancy["truth"]))
+            for method in ("network", "retrieval") if occupancy[method]
+        }
     summary = report.summarize(rows, run_info, published=config.published)
     files = report.write_tables(Path(config.out_dir), rows, summary)
     if config.html:

@@ -130,6 +130,7 @@ class DecoderBounds:
         self.device = parameter.device
         encoding = getattr(decoder, "point_encoding", None)
         self.frequencies = encoding.frequencies.float() if encoding is not None and encoding.octaves else None
+        self.point_scale = encoding.scale if encoding is not None and not encoding.octaves else 1.0
         with torch.inference_mode():
             terms = decoder.code_terms(code.reshape(1, -1).to(self.device, torch.float32))
             self.layers = [_LayerParts.of(layer, term) for layer, term in zip(decoder.layers, terms)]
@@ -176,8 +177,9 @@ class DecoderBounds:
         that is wider, the plain range 0 +- 1; cos likewise.
         """
         coeffs = torch.diag_embed(r)
-        if self.frequencies is None:
-            return c, coeffs, torch.zeros_like(c)
+        if self.frequencies is None:  # (scaled) coordinates: exact, up to the rounding of the product
+            s = self.point_scale
+            return c * s, coeffs * s, (2 * _UNIT_ROUNDOFF * s) * (c.abs() + r)
         f = self.frequencies.to(c.device)
         octaves = len(f)
         angle = (c[:, :, None] * f).flatten(1)  # [K, 3 * octaves], axis-major as PointEncoding

@@ -35,7 +35,8 @@ class ModelConfig:
     code_dim: int = 128
     decoder_widths: tuple[int, ...] = (2048, 1024, 512, 256, 128)
     decoder_skips: bool = True  # concatenate [p, z] to every hidden layer's output, as in the paper
-    point_octaves: int = 4  # Fourier features of the query point; 0: raw coordinates (paper)
+    point_octaves: int = 0  # Fourier features of the query point; 0: coordinates (times point_scale)
+    point_scale: float = 8.0  # with point_octaves 0: the decoder sees point_scale * p (paper: 1)
     decoder_init: str = "blocks"  # "blocks" (each weight block uniform +-1/sqrt(fan_in)) or "imnet" (N(0, 0.02))
     code_activation: str = "none"  # "none" (linear codes) or "sigmoid" (paper)
     voxel_channels: tuple[int, ...] = (32, 64, 128, 256)
@@ -44,7 +45,7 @@ class ModelConfig:
     @classmethod
     def paper(cls) -> "ModelConfig":
         """The architecture of Chen & Zhang (CVPR 2019) as published."""
-        return cls(point_octaves=0, decoder_init="imnet", code_activation="sigmoid", voxel_norm="batch")
+        return cls(point_scale=1.0, decoder_init="imnet", code_activation="sigmoid", voxel_norm="batch")
 
 
 @dataclass

@@ -81,6 +81,7 @@ from trimesh.ray.ray_util import contains_points
 from imnet.mesh import check_mesh, has_surface
 
 __all__ = [
+    "inside_mesh", "grid_centres",
     "ONET_CD_SCALE",
     "IMNET_CD_SCALE",
     "sample_surface",
@@ -226,6 +227,20 @@ def _is_closed(mesh: trimesh.Trimesh) -> bool:
     """
     _, counts = np.unique(mesh.edges_sorted, axis=0, return_counts=True)
     return bool(np.all(counts % 2 == 0))
+
+
+def inside_mesh(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
+    """Which points [N, 3] lie inside a closed mesh: bool [N] (all False for an empty mesh).
+
+    The same reproducible ray-parity test as the IoU (see ``iou_meshes``)."""
+    check_mesh(mesh, name="mesh", surface=False)
+    return _inside(mesh, np.asarray(points, dtype=np.float64), "mesh", "meshes from imnet.extract are closed")
+
+
+def grid_centres(resolution: int) -> np.ndarray:
+    """Cell centres of a resolution^3 grid over [-0.5, 0.5]^3: float [R^3, 3], x slowest."""
+    axis = (np.arange(resolution) + 0.5) / resolution - 0.5
+    return np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
 
 
 def _inside(mesh: trimesh.Trimesh, points: np.ndarray, name: str, fix: str) -> np.ndarray:

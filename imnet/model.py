@@ -6,12 +6,14 @@
 
 `IMNet` bundles the three so that one checkpoint holds a whole model.
 
-Two choices differ from the 2019 paper by default, each kept because it measured better at equal
-CPU time (docs/training.md has the ablation): the shape code is linear rather than a sigmoid
-(sigmoid codes saturate, and a saturated dimension carries neither gradient nor information), and
-the decoder sees the query point through Fourier features [p, sin(2^k pi p), cos(2^k pi p)] rather
-than as raw coordinates (Tancik et al., NeurIPS 2020: an MLP fed raw coordinates learns sharp
-boundaries only slowly). `ModelConfig.paper()` is the paper's architecture.
+Choices that differ from the 2019 paper by default, each kept because it measured better at equal
+CPU time (docs/training.md has the ablations): the shape code is linear rather than a sigmoid
+(sigmoid codes saturate, and a saturated dimension carries neither gradient nor information); the
+decoder sees the query point scaled by 8 (`PointEncoding`: its point weights start and learn 8x
+larger, so sharp boundaries come within a few hundred steps rather than thousands; Fourier
+features did as well but make the decoder harder to bound, see imnet.bounds); no normalisation in
+the voxel encoder at the small batches that train fastest. `ModelConfig.paper()` is the paper's
+architecture.
 """
 
 from __future__ import annotations
@@ -142,18 +144,22 @@ class ImageEncoder(nn.Module):
 
 
 class PointEncoding(nn.Module):
-    """Fourier features of query points: [..., 3] -> [..., 3 + 6 * octaves].
+    """What the decoder sees of a query point: [..., 3] -> [..., out_dim].
 
-    [p, sin(2^k pi p), cos(2^k pi p)] for k = 0 .. octaves-1 (per coordinate); octaves = 0 is the
-    identity (the paper's raw coordinates). Over [-0.5, 0.5] the highest octave has 2^(octaves-1)
-    periods, so 4 octaves resolve features of about 1/16 of the object cube.
+    octaves = 0: the coordinates times `scale` (the paper: scale 1). A scale s > 1 is the paper's
+    decoder with its point weights initialised s times larger and, under Adam, learnt s times faster:
+    an MLP fed coordinates in [-0.5, 0.5] otherwise needs thousands of steps to grow the steep
+    weights that sharp occupancy boundaries need. The decoder stays piecewise linear.
+    octaves = K > 0: Fourier features [p, sin(2^k pi p), cos(2^k pi p)], k = 0 .. K-1 (Tancik et al.,
+    NeurIPS 2020), out_dim 3 + 6K; over [-0.5, 0.5] the highest octave has 2^(K-1) periods.
     """
 
-    def __init__(self, octaves: int = 4):
+    def __init__(self, octaves: int = 0, scale: float = 1.0):
         super().__init__()
-        if octaves < 0:
-            raise ValueError(f"octaves must be >= 0, got {octaves}")
+        if octaves < 0 or not scale > 0:
+            raise ValueError(f"octaves must be >= 0 and scale > 0, got {octaves} and {scale}")
         self.octaves = octaves
+        self.scale = float(scale)
         self.register_buffer("frequencies", math.pi * 2.0 ** torch.arange(octaves, dtype=torch.float32), persistent=False)
 
     @property
@@ -162,7 +168,7 @@ class PointEncoding(nn.Module):
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         if not self.octaves:
-            return points
+            return points * self.scale if self.scale != 1.0 else points
         angles = (points[..., None] * self.frequencies.to(points.dtype)).flatten(-2)  # [..., 3 * octaves]
         return torch.cat([points, torch.sin(angles), torch.cos(angles)], dim=-1)
 
@@ -232,12 +238,13 @@ class Decoder(nn.Module):
         skips: bool = True,
         point_octaves: int = 0,
         init: str = "blocks",
+        point_scale: float = 1.0,
     ):
         super().__init__()
         if init not in ("blocks", "imnet"):
             raise ValueError(f"init must be 'blocks' or 'imnet', got {init!r}")
         self.code_dim = code_dim
-        self.point_encoding = PointEncoding(point_octaves)
+        self.point_encoding = PointEncoding(point_octaves, point_scale)
         point_dim = self.point_encoding.out_dim
         layers = []
         h_dim = 0
@@ -282,7 +289,8 @@ class IMNet(nn.Module):
         self.config = config = config or ModelConfig()
         self.voxel_encoder = VoxelEncoder(config.code_dim, config.voxel_channels, config.voxel_norm, config.code_activation)
         self.image_encoder = ImageEncoder(config.code_dim, code_activation=config.code_activation)
-        self.decoder = Decoder(config.code_dim, config.decoder_widths, config.decoder_skips, config.point_octaves, config.decoder_init)
+        self.decoder = Decoder(config.code_dim, config.decoder_widths, config.decoder_skips, config.point_octaves,
+                               config.decoder_init, config.point_scale)
 
     def forward(self, voxels: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """Auto-encoder pass: voxels [B, 1, 64, 64, 64], points [B, N, 3] -> occupancy logits [B, N]."""

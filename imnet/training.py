@@ -465,6 +465,10 @@ def validate_svr(
     if codes is not None:
         error = code_error(predicted.cpu().numpy(), codes[list(rows)])
         result.update({"code_mse": error["mse"], "code_mean_mse": error["mean_code_mse"], "code_error_ratio": error["ratio"]})
+        # The training loss on held-out views: code MSE in the standardised units the encoder regresses.
+        scale = model.image_encoder.code_scale.float().cpu()
+        target = torch.from_numpy(np.asarray(codes[list(rows)], np.float32))
+        result["val_loss"] = F.mse_loss(predicted.cpu() / scale, target / scale).item()
     if identify and len(rows) > 1:
         result.update(identification(grids[0], grids[1]))
     return result

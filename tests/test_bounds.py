@@ -44,10 +44,10 @@ def assert_sound(decoder, code, seed=0):
             assert (values >= sigmoid(lower)[:, None]).all() and (values <= sigmoid(upper)[:, None]).all(), (method, size)
 
 
-@pytest.mark.parametrize("skips, octaves", [(True, 0), (False, 0), (True, 4), (False, 6)])
-def test_random_decoder_outputs_lie_within_bounds(skips, octaves):
+@pytest.mark.parametrize("skips, octaves, scale", [(True, 0, 1.0), (False, 0, 1.0), (True, 0, 8.0), (True, 4, 1.0), (False, 6, 1.0)])
+def test_random_decoder_outputs_lie_within_bounds(skips, octaves, scale):
     torch.manual_seed(0)
-    decoder = Decoder(code_dim=16, widths=(64, 48, 32), skips=skips, point_octaves=octaves).eval()
+    decoder = Decoder(code_dim=16, widths=(64, 48, 32), skips=skips, point_octaves=octaves, point_scale=scale).eval()
     with torch.no_grad():  # larger weights than the default init: a sharper, more nonlinear field
         for p in decoder.parameters():
             p.mul_(3.0)

@@ -212,6 +212,12 @@ def test_run_end_to_end_with_report_and_retrieval(split, tiny_checkpoint, tmp_pa
     assert summary["methods"]["retrieval"]["shape_mean"]["iou"] == 1.0
     assert summary["network_better_fraction"]["iou"] == 0.0
     assert any(r["source"] == published.ONET_UPDATED for r in summary["published"]["results"])
+    # The tiny checkpoint answers every picture with the same chair: identification names it.
+    found = summary["run"]["identification"]
+    assert found["network"]["pred_pred"] == 1.0 > found["network"]["gt_gt"]
+    assert found["network"]["self_match"] <= 1 / 4
+    assert found["retrieval"]["self_match"] == 1.0 and found["retrieval"]["pred_pred"] == pytest.approx(found["retrieval"]["gt_gt"])
+    assert f"self-match {found['network']['self_match']:.2f}" in line
 
     markdown = (out / "summary.md").read_text()
     assert "CD-L1 ×10" in markdown and "CD IM-NET ×1000" in markdown and "4096 points" in markdown
@@ -219,6 +225,7 @@ def test_run_end_to_end_with_report_and_retrieval(split, tiny_checkpoint, tmp_pa
         assert re.search(rf"^\| {re.escape(category)} \| IM-NET \(this checkpoint\) \|", markdown, re.M)
         assert re.search(rf"^\| {re.escape(category)} \| retrieval baseline \| .* \| 1\.000 \|", markdown, re.M)
     assert "published, their data/protocol (docs/published.md)" in markdown
+    assert re.search(r"^\| retrieval baseline \| 1\.000 \|", markdown, re.M)  # the identification table
     assert f"- [{published.ONET_UPDATED}] Mescheder et al." in markdown  # every table's source is cited
     assert "| chair (03001627) | published: Occupancy Networks [ONet, updated table] | 0.530 | 0.206 |" in markdown
 

@@ -218,15 +218,20 @@ def one_thread():
 
 @pytest.mark.slow
 def test_ae_overfits_8_generated_shapes(shapes_file, tmp_path, one_thread):
-    """The whole IM-AE loop learns: IoU >= 0.7 on the exact 32^3 lattice of the shapes it was trained on."""
+    """The whole IM-AE loop learns: IoU >= 0.7 on the exact 32^3 lattice of the shapes it was trained on.
+
+    Fourier point features (`point_octaves`) let this small decoder memorise detail in 150 epochs
+    (0.76 measured; the default plain coordinates plateau near 0.64 here); an untrained or broken
+    loop scores about 0."""
     config = AEConfig(
         data=str(shapes_file), val_data=str(shapes_file), out_dir=str(tmp_path),
-        model=ModelConfig(code_dim=32, decoder_widths=(128, 64, 32), voxel_channels=(2, 4, 8, 16), voxel_norm="none"),
+        model=ModelConfig(code_dim=32, decoder_widths=(128, 64, 32), voxel_channels=(2, 4, 8, 16), voxel_norm="none",
+                          point_octaves=4),
         levels=(16, 32), epochs=(20, 130), batch_shapes=4, points_per_shape=512, lr=3e-3,
         device="cpu", val_every=50, val_resolution=32, final_val_resolution=0, checkpoint_every=1000,
     )
     summary = train_ae(config)
-    assert summary.best_iou >= 0.7, summary  # an untrained or broken loop scores about 0
+    assert summary.best_iou >= 0.7, summary
     rows = read_metrics(tmp_path)
     assert len(rows) == 150 and max(float(r["val_iou"] or 0) for r in rows) == pytest.approx(summary.best_iou, abs=1e-6)
     assert float(rows[-1]["train_loss"]) < 0.5 * float(rows[20]["train_loss"])  # level 32 was learnt
