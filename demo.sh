@@ -31,10 +31,10 @@ $PY train.py codes --checkpoint "$OUT/ae/best.pt" --data "$TRAIN" --val-data "$T
 
 step "4/6 IM-SVR: ResNet-18 regresses the codes from single views (decoder frozen)"
 $PY train.py svr --data "$TRAIN" --val-data "$TEST" --ae-checkpoint "$OUT/ae/best.pt" --codes "$OUT/codes.npz" \
-    --out-dir "$OUT/svr" $(resume "$OUT/svr") --epochs 17 --val-every 100 --checkpoint-every 5 --no-augment
+    --out-dir "$OUT/svr" $(resume "$OUT/svr") --epochs 17 --val-every 100 --checkpoint-every 5
 
-step "5/6 reconstruct held-out views at 128^3 (trained on 64^3 samples) and two real photos"
-$PY reconstruct.py --checkpoint "$OUT/svr/best.pt" "$TEST" --view 0 --resolution 128 -o "$OUT/meshes" --preview
+step "5/6 reconstruct 16 held-out views at 128^3 (trained on 64^3 samples) and two real photos"
+$PY reconstruct.py --checkpoint "$OUT/svr/best.pt" "$TEST" --shapes 0:16 --view 0 --resolution 128 -o "$OUT/meshes" --preview
 $PY reconstruct.py --checkpoint "$OUT/svr/best.pt" tests/data/real_photos --resolution 128 -o "$OUT/photos" \
     --save-input --preview
 

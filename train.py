@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codes", metavar="NPZ", help="the .npz written by `train.py codes`")
     p.add_argument("--epochs", type=int, help=f"epochs (default {svr_defaults.epochs})")
     p.add_argument("--pretrained-image-encoder", metavar="PTH", help="local torchvision ResNet-18 ImageNet weights (.pth) to start from")
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random shift/scale/tone of the views")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="random shift/scale/tone of the views "
+                   f"(default {'on' if svr_defaults.augment else 'off'}: it lowered held-out IoU in our ablation)")
     p.add_argument("--low-res-fraction", type=float, help="share of the steps on 64x64 downscaled views before full 128x128 "
                    f"(progressive resizing; 0: none) (default {svr_defaults.low_res_fraction})")
     p.add_argument("--occupancy-weight", type=float, help="weight of an occupancy loss through the frozen decoder beside the "

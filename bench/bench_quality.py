@@ -39,7 +39,7 @@ DEMO_MODEL = ["--decoder-widths", "256,256,128,64,32", "--voxel-channels", "8,16
 PAPER_MODEL = ["--decoder-widths", "2048,1024,512,256,128", "--voxel-channels", "32,64,128,256"]
 AE_EPOCHS = (3, 5, 20)  # demo.sh: --epochs 16:3,32:5,64:20
 SVR_EPOCHS = 17
-DEMO_SVR = ["--no-augment"]
+DEMO_SVR: list[str] = []
 
 # name -> (stage, extra options): one change from the default recipe each.
 ABLATIONS = {
@@ -100,11 +100,9 @@ def train_codes(ae: Path, train: Path, test: Path, out: Path, device: str) -> fl
 
 
 def train_svr(out: Path, ae: Path, codes: Path, train: Path, test: Path, scale: float, extra: list[str], device: str) -> float:
-    options = [o for o in DEMO_SVR if o not in ("--no-augment",) or "--augment" not in extra]
-    extra = [o for o in extra if o != "--augment"]
     cmd = [sys.executable, "train.py", "svr", "--data", str(train), "--val-data", str(test), "--ae-checkpoint",
            str(ae / "last.pt"), "--codes", str(codes), "--out-dir", str(out), "--epochs", str(max(1, round(SVR_EPOCHS * scale))),
-           "--val-every", "1000", "--checkpoint-every", "1000", "--device", device, *options, *extra]
+           "--val-every", "1000", "--checkpoint-every", "1000", "--device", device, *DEMO_SVR, *extra]
     return run(cmd, out.with_suffix(".log"))
 
 

@@ -372,7 +372,8 @@ def extract_mesh(
         field: callable, float32 points [N, 3] in [-0.5, 0.5]^3 -> occupancy [N] (or [N, 1]).
         resolution: R >= 2, grid cells per axis.
         level: iso-level in (0, 1).
-        method: "auto" ("certified" for fields with a ``bounds`` method, else "coarse_to_fine"),
+        method: "auto" (= "coarse_to_fine": on the decoders we train, certified costs 7-40x its
+            wall time, see bench/results/extract.json),
             "certified" (:func:`certified_grid`), "coarse_to_fine" (:func:`coarse_to_fine_grid`)
             or "dense" (:func:`dense_grid`).
         coarse_resolution, gap_level: see :func:`coarse_to_fine_grid`; used by "coarse_to_fine" only.
@@ -385,7 +386,7 @@ def extract_mesh(
     """
     level = _check_level(level)  # before sampling, which may take minutes
     if method == "auto":
-        method = "certified" if callable(getattr(field, "bounds", None)) else "coarse_to_fine"
+        method = "coarse_to_fine"
     if method == "certified":
         values, stats = certified_grid(field, resolution, level=level, max_batch_points=max_batch_points)
     elif method == "coarse_to_fine":

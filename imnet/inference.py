@@ -2,7 +2,7 @@
 
     code = model.image_encoder(input_tensor(pixels))  uint8 [128, 128] -> [1, 1, 128, 128] -> [1, 128]
     field = decoder_field(model.decoder, code)        points [N, 3] -> occupancy [N], with bounds
-    mesh = extract_mesh(field, resolution)            any resolution, certified where bounds allow
+    mesh = extract_mesh(field, resolution)            any resolution (coarse-to-fine, or certified on request)
 
 `reconstruct_image` does all three for a preprocessed image (`imnet.images.preprocess` or
 `crop_view`); `reconstruct_code` the last two for a code (e.g. from the AE's voxel encoder).
@@ -174,7 +174,7 @@ def reconstruct_code(
         code: float [code_dim] or [1, code_dim].
         resolution: marching-cubes grid per axis, any integer (`imnet.extract.extract_mesh`).
         level: iso-level of the occupancy.
-        method: "auto" (certified when the decoder can be bounded, else coarse-to-fine),
+        method: "auto" (= coarse-to-fine, the fast one),
             "certified", "coarse_to_fine" or "dense" (`imnet.extract.extract_mesh`).
         max_batch_points: decoder points per call; bounds memory at any resolution.
         precision: "auto", "bf16" or "fp32" (`imnet.precision`).

@@ -12,13 +12,16 @@ console lines), `imnet.checkpoint` (files), `imnet.diagnostics` (what validation
 The recipe (defaults of `imnet.config`; docs/training.md has the ablations behind each choice):
 - binary cross-entropy on the decoder's logits (the paper: MSE on the sigmoid);
 - Adam with a linear warm-up over the first `warmup` share of steps, then cosine decay to 5%;
+- the decoder sees the query point scaled by `point_scale` (8): at the paper's scale (1) the first
+  layer's ReLU kinks are too few inside the unit cube and detail arrives late;
+- linear codes (no sigmoid) and no normalisation in the voxel encoder at 4 shapes per step;
 - IM-AE: few shapes per step (4) and many steps: at equal CPU time, progress is limited by the
   number of optimiser steps, not by the points per step; a share of each shape's points is drawn
   from the coarse level-16 set at every level (`uniform_fraction`);
-- IM-SVR: codes standardised per dimension, strong view augmentation (shift, scale, object tone),
-  most steps on 64x64 downscaled views and the rest at the full 128x128 (progressive resizing:
-  4x cheaper steps while the network learns coarse shape cues), plus an optional occupancy loss
-  through the frozen decoder.
+- IM-SVR: codes standardised per dimension (every dimension counts alike in the MSE), 16 views per
+  step, a random one of the 24 views per shape and epoch, no augmentation by default; progressive
+  resizing (`low_res_fraction`) and an occupancy loss through the frozen decoder are options that
+  did not help in our ablations.
 
 Every run writes to `config.out_dir`:
     last.pt         the latest checkpoint (atomic); `resume=True` continues from it exactly

@@ -380,15 +380,15 @@ def test_certified_equals_dense_on_a_trained_decoder(tiny_checkpoint, resolution
     values, stats = certified_grid(field, resolution)
     assert_same_as_dense(values, dense, rtol=1e-6)
     assert stats.bound_cost == 5.0 and stats.reduction > 2.5
-    mesh, auto_stats = extract_mesh(field, resolution)  # "auto" picks certified for a bounded field
-    assert auto_stats.method == "certified"
+    mesh, stats = extract_mesh(field, resolution, method="certified")
+    assert stats.method == "certified"
     np.testing.assert_allclose(mesh.vertices, grid_to_mesh(dense).vertices, rtol=0, atol=1e-6)
 
 
 def test_certified_needs_bounds_and_huge_grids_are_refused():
     with pytest.raises(TypeError, match="needs a field with a bounds"):
         certified_grid(SHAPES["sphere"], 16)
-    _, stats = extract_mesh(SHAPES["sphere"], 16)  # "auto": no bounds, so coarse-to-fine
+    _, stats = extract_mesh(SHAPES["sphere"], 16)  # "auto" is coarse-to-fine
     assert stats.method == "coarse_to_fine"
     for method in ("certified", "coarse_to_fine", "dense"):
         with pytest.raises(ValueError, match="resolution 100000 is above the limit of 1024"):
