@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "write_atomic"]
+__all__ = ["atomic_path", "write_atomic", "check_output_dir"]
 
 
 @contextmanager
@@ -39,3 +39,27 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)
+
+
+def check_output_dir(path: str | os.PathLike, *, option: str = "--out") -> Path:
+    """Refuse an output folder that cannot be created or written, before any work is done.
+
+    Programs call this first, so a wrong output path costs a one-line message (naming ``option``)
+    rather than a traceback after minutes of work, and nothing is created on the way: the folder
+    itself is made only when the first file is written.
+
+    Raises:
+        ValueError: ``path`` is a file, lies below a file, or its nearest existing folder is not
+            writable by this user.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} exists and is not a folder; choose another {option}")
+    existing = path.absolute()
+    while not existing.exists():  # the nearest folder that exists, where mkdir would start
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{option} {path} cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path} cannot be written: no permission to write in {existing}")
+    return path
