@@ -415,11 +415,21 @@ def test_cli_runs_refused_at_setup_leave_no_folder_behind(shapes_file, ae_run, t
         assert err.count("\n") == 1 and "Traceback" not in err
         return err
 
+    import shutil
+
+    import h5py
+
+    # A data file with 2-column points (issue 13), found wrong after the run folder was locked: the
+    # message names the dataset, and the folders made for the run go again...
+    tampered = shutil.copy(shapes_file, tmp_path / "tampered.hdf5")
+    with h5py.File(tampered, "a") as f:
+        del f["points_16"]
+        f.create_dataset("points_16", data=np.zeros((N_SHAPES, 4096, 2), np.uint8))
+    err = refused(["ae", "--data", str(tampered), "--out-dir", str(tmp_path / "runs" / "a" / "ae")])
+    assert "cannot read the training data" in err and "'points_16' has shape [8, 4096, 2], expected [N, P, 3]" in err
+    assert not (tmp_path / "runs").exists()
     bad = tmp_path / "bad.hdf5"
     bad.write_bytes(b"not an HDF5 file")
-    # Data found unreadable after the run folder was locked: the folders made for it go again...
-    assert "cannot read the training data" in refused(["ae", "--data", str(bad), "--out-dir", str(tmp_path / "runs" / "a" / "ae")])
-    assert not (tmp_path / "runs").exists()
     codes = tmp_path / "codes.npz"
     assert cli.main(["codes", "--checkpoint", str(ae_run / "best.pt"), "--data", str(shapes_file), "--out", str(codes)]) == 0
     assert f"{bad} is not a codes file" in refused(["svr", "--data", str(shapes_file), "--ae-checkpoint", str(ae_run / "best.pt"),
