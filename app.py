@@ -36,6 +36,7 @@ import argparse
 import html
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -46,13 +47,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import PIL.Image
 import torch
 import trimesh
 from skimage.transform import rescale
 
 from imnet.checkpoint import CheckpointError, load_model
-from imnet.images import Box, ImageError, composite_on_white, load_image, preprocess
+from imnet.config import check_resolution
+from imnet.images import MAX_MEGAPIXELS, Box, ImageError, composite_on_white, load_image, preprocess
 from imnet.inference import reconstruct_image
 from imnet.mesh import save_mesh
 from imnet.model import IMNet
@@ -73,8 +74,8 @@ if TYPE_CHECKING:
     import gradio as gr
 
 DEFAULT_CHECKPOINT = Path("demo_out/svr/best.pt")
-MAX_MEGAPIXELS = 40.0  # larger pictures are refused before they are decoded (40 MP = 160 MB as RGBA)
 MAX_UPLOAD = "100mb"
+RESOLUTIONS = (16, 512)  # the page's extraction resolution slider
 EXPORT_FORMATS = ("obj", "ply", "glb")
 
 # Orbit radius of the page's 3D viewer: frames any shape of bounding-box diagonal 1 (the normalisation).
@@ -190,29 +191,13 @@ def load_picture(path: str | Path, *, max_megapixels: float = MAX_MEGAPIXELS, di
     start = time.perf_counter()
     path = Path(path)
     try:
-        _check_megapixels(path, max_megapixels)
-        rgba = load_image(path)
+        rgba = load_image(path, max_megapixels=max_megapixels)
         pixels, box = preprocess(rgba, return_box=True)
     except ImageError as e:
         message = str(e).replace(str(path), path.name)
         raise ImageError(message if message.startswith(path.name) else f"{path.name}: {message}") from None
     image = _with_box(composite_on_white(rgba), box, display_size)
     return Picture(image, pixels, box, time.perf_counter() - start)
-
-
-def _check_megapixels(path: Path, max_megapixels: float) -> None:
-    try:
-        with PIL.Image.open(path) as img:  # reads the header only
-            width, height = img.size
-    except PIL.Image.DecompressionBombError:
-        raise ImageError(f"{path.name}: far larger than {max_megapixels:g} megapixels; shrink it first") from None
-    except (OSError, ValueError):
-        return  # not readable: load_image says why
-    if width * height > max_megapixels * 1e6:
-        raise ImageError(
-            f"{path.name}: {width}x{height} is {width * height / 1e6:.1f} megapixels, more than the "
-            f"{max_megapixels:g} this app accepts; shrink it (the network sees 128x128 pixels anyway)"
-        )
 
 
 def _with_box(gray: np.ndarray, box: Box, display_size: int) -> np.ndarray:
@@ -390,7 +375,8 @@ def build_app(
         model_paths: name -> checkpoint (:func:`find_checkpoints`), or one checkpoint path. With
             several, the page offers a category menu.
         device: "auto", "cpu", "cuda", "cuda:N" or "mps" (:func:`imnet.precision.resolve_device`).
-        default_resolution: initial extraction resolution; None: 128 on a GPU, 64 on a CPU.
+        default_resolution: initial extraction resolution (16-512, the slider's range); None: 128 on a
+            GPU, 64 on a CPU.
         half: run the decoder in half precision (CUDA: float16).
         max_megapixels: larger pictures are refused with a message.
         concurrency: events that may run at once (each in a worker thread, across all sessions).
@@ -398,9 +384,12 @@ def build_app(
     Checkpoints that are not usable IM-SVR ones stay in the category menu; choosing one shows why it
     was refused.
 
+    The sessions' meshes live in one temporary folder, removed when the app is garbage collected,
+    at interpreter exit, or at once by ``demo.remove_workspace()`` (what :func:`main` does on stopping).
+
     Raises:
         CheckpointError: no checkpoint can be used (the message is the first one's reason).
-        ValueError: an unusable device.
+        ValueError: an unusable device, or a default resolution outside the slider's range.
     """
     import gradio as gr  # here, not at the top: it takes seconds, and the functions above do not need it
 
@@ -415,24 +404,32 @@ def build_app(
     names = list(model_paths)
     if default_resolution is None:
         default_resolution = 128 if device.type == "cuda" else 64
-    workspace = Path(tempfile.mkdtemp(prefix="imnet-app-"))
+    check_resolution(default_resolution, low=RESOLUTIONS[0], high=RESOLUTIONS[1])
+    workspace: Path  # made below, beside the finalizer that removes it
+
+    def failed(title: str, message: str, session: Session | None) -> tuple:
+        """The page after a failed event: the reason under the button, and nothing left of an earlier
+        picture (its mesh shown under the message would look like this picture's)."""
+        _close_session(session)
+        cleared = (None, None, None, None, [], None, None)  # picture, input, viewer, relit, turntable, depth, normals
+        buttons = tuple(gr.DownloadButton(value=None, interactive=False) for _ in EXPORT_FORMATS)
+        return (*cleared, *buttons, f"**{title}**: {html.escape(message)}", None)
 
     def run(upload, category, resolution, level, light_azimuth, light_elevation, session):
         if upload is None:
-            raise gr.Error("Upload a picture first (PNG, JPEG, WebP, ...).", print_exception=False)
+            return failed("No picture", "upload a picture first (PNG, JPEG, WebP, ...)", session)
         name = Path(upload).name
         if category in refused:
-            raise gr.Error(html.escape(refused[category]), title="Cannot use this model", print_exception=False)
+            return failed("Cannot use this model", refused[category], session)
         try:
             picture = load_picture(upload, max_megapixels=max_megapixels)
             mesh, reconstruct_seconds = reconstruct(
                 models[category], picture.pixels, resolution=int(resolution), level=float(level), half=half
             )
-        except (ImageError, EmptyMeshError) as e:
-            raise gr.Error(html.escape(str(e)), title="Cannot reconstruct this picture", print_exception=False) from None
+        except ValueError as e:  # ImageError, EmptyMeshError, a resolution extraction refuses
+            return failed("Cannot reconstruct this picture", str(e), session)
         except (MemoryError, torch.OutOfMemoryError):
-            raise gr.Error(f"Out of memory at resolution {int(resolution)}; choose a lower one.",
-                           print_exception=False) from None
+            return failed("Out of memory", f"at resolution {int(resolution)}; choose a lower one", session)
         views = render_views(mesh, light=(light_azimuth, light_elevation))
         start = time.perf_counter()
         new_session = Session(mesh, Path(tempfile.mkdtemp(dir=workspace)))
@@ -479,7 +476,7 @@ def build_app(
                 category = gr.Dropdown(names, value=next(iter(models)), label="Category model", visible=len(names) > 1,
                                        elem_id="category")
                 resolution = gr.Slider(
-                    16, 512, value=default_resolution, step=16, label="Extraction resolution",
+                    *RESOLUTIONS, value=default_resolution, step=16, label="Extraction resolution",
                     info="marching-cubes grid per axis; 256 and more take a while on a CPU", elem_id="resolution",
                 )
                 level = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Iso-level",
@@ -528,7 +525,8 @@ def build_app(
               [session, light_azimuth, light_elevation], [relit, relight_info], concurrency_limit=concurrency,
               concurrency_id="reconstruct")
 
-    weakref.finalize(demo, shutil.rmtree, workspace, ignore_errors=True)
+    workspace = Path(tempfile.mkdtemp(prefix="imnet-app-"))  # every session's folder lives in it
+    demo.remove_workspace = weakref.finalize(demo, shutil.rmtree, workspace, ignore_errors=True)
     return demo
 
 
@@ -564,20 +562,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 exposes the app to your network")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--resolution", type=int, default=None, help="initial extraction resolution (default: 128 on a GPU, 64 on a CPU)")
+    parser.add_argument("--resolution", type=int, default=None, help=f"initial extraction resolution, "
+                        f"{RESOLUTIONS[0]}-{RESOLUTIONS[1]} (default: 128 on a GPU, 64 on a CPU)")
     parser.add_argument("--half", action="store_true", help="half-precision decoder (GPU)")
     parser.add_argument("--concurrency", type=int, default=2, help="reconstructions that may run at once")
     args = parser.parse_args(argv)
+    # A SIGTERM (kill, systemd, docker stop) stops the app like Ctrl-C: the server closes and the
+    # temporary folder with every session's meshes is removed on the way out (build_app's finalizer).
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    demo = None
     try:
+        if args.resolution is not None:  # before the slow imports of build_app
+            check_resolution(args.resolution, low=RESOLUTIONS[0], high=RESOLUTIONS[1])
         paths = find_checkpoints(args.checkpoint, args.checkpoint_dir)
         demo = build_app(paths, device=args.device, default_resolution=args.resolution, half=args.half,
                          concurrency=args.concurrency)
+        print("models: " + ", ".join(f"{name} ({path})" for name, path in paths.items()))
+        launch(demo, args.host, args.port)  # returns when stopped while serving (Gradio catches the interrupt)
     except (FileNotFoundError, CheckpointError, ValueError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
-    print("models: " + ", ".join(f"{name} ({path})" for name, path in paths.items()))
-    launch(demo, args.host, args.port)
+    except KeyboardInterrupt:  # while loading, or before Gradio itself waits for the interrupt
+        if demo is None:
+            print(f"{parser.prog}: stopped before the app was up", file=sys.stderr)
+            return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if demo is not None:
+            demo.close(verbose=False)
+            demo.remove_workspace()  # now, rather than at interpreter exit
+    print(f"{parser.prog}: stopped")
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -77,15 +77,43 @@ def hdf5_items(path: Path, view: int, shapes: str | None) -> list[Item]:
     return items
 
 
+def _output(args: argparse.Namespace) -> Path:
+    return Path(args.output) if args.output else Path("reconstructions")
+
+
+def _one_file(out: Path, n_items: int) -> bool:
+    """Whether --output names the mesh file of a single input (else it is the folder of the meshes)."""
+    return n_items == 1 and out.suffix.lower().lstrip(".") in EXPORT_FORMATS and not out.is_dir()
+
+
 def output_path(args: argparse.Namespace, item: Item, n_items: int) -> Path:
-    out = Path(args.output) if args.output else Path("reconstructions")
-    if n_items == 1 and out.suffix.lower().lstrip(".") in EXPORT_FORMATS:
-        return out
-    return out / f"{item.name}.{args.format}"
+    out = _output(args)
+    return out if _one_file(out, n_items) else out / f"{item.name}.{args.format}"
+
+
+def check_output(args: argparse.Namespace, n_items: int) -> None:
+    """Refuse, before any work, an --output that would not be what was asked for or cannot be
+    written; nothing is created here (folders are made when their first file is written)."""
+    from imnet.atomic import check_output_dir
+
+    out = _output(args)
+    suffix = out.suffix.lower().lstrip(".")
+    if n_items == 1 and suffix and suffix not in EXPORT_FORMATS and not out.is_dir():
+        raise ValueError(f"--output {out}: .{suffix} is not a mesh format this program writes "
+                         f"({', '.join(EXPORT_FORMATS)}); name a file with one of them, or a folder (without a suffix, or one that exists)")
+    if n_items > 1 and suffix in EXPORT_FORMATS and not out.is_dir():
+        raise ValueError(f"--output {out} names one mesh file, but there are {n_items} inputs; "
+                         "give a folder (and --format for the meshes in it)")
+    if _one_file(out, n_items):
+        check_output_dir(out.parent, option="--output", file=out)
+    else:
+        check_output_dir(out, option="--output")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from imnet.config import ReconstructConfig
+    from imnet.extract import MAX_RESOLUTION
+    from imnet.images import BACKGROUND_TOLERANCE
 
     d = ReconstructConfig()
     p = argparse.ArgumentParser(
@@ -99,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="SVR checkpoint (train.py svr), e.g. runs/svr/best.pt")
     p.add_argument("--output", "-o", help="output mesh file (one input) or folder (default: reconstructions/)")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="obj", help="mesh format when --output is a folder (default obj)")
-    p.add_argument("--resolution", type=int, default=d.resolution, help="marching-cubes grid, any integer >= 8, "
+    p.add_argument("--resolution", type=int, default=d.resolution, help=f"marching-cubes grid, any integer in 8..{MAX_RESOLUTION}, "
                    "e.g. 64, 100, 128, 256, 512 (default %(default)s)")
     p.add_argument("--level", type=float, default=d.level, help="iso-level of the occupancy field (default %(default)s)")
     p.add_argument("--method", choices=["auto", "certified", "coarse_to_fine", "dense"], default=d.method,
@@ -114,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "in bf16, points near the level are recomputed in fp32 (default auto)")
     p.add_argument("--kind", choices=["auto", "r2n2", "photo"], default="auto",
                    help="how to read image files: auto (137x137 views are R2N2, others photos), r2n2, photo")
+    p.add_argument("--background-tolerance", type=float, default=BACKGROUND_TOLERANCE, help="photos without transparency: "
+                   "colour difference (0-1 per channel) from the border's colour above which a pixel is the "
+                   "object; lower it for objects close to the background colour, raise it for noisy "
+                   "backgrounds (default %(default)s)")
     p.add_argument("--view", type=int, default=0, help="view index for HDF5 inputs (default 0)")
     p.add_argument("--shapes", help="rows of HDF5 inputs as START:STOP (default: all)")
     p.add_argument("--original-frame", action="store_true", help="map meshes back to the source mesh's frame "
@@ -132,30 +164,32 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:  # user mistakes: one line, no traceback
         print(f"reconstruct.py: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file system that refuses after all (full disk, read-only mount): one line too
+        print(f"reconstruct.py: error: {e.filename or args.output}: {e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 def run(args: argparse.Namespace) -> int:
     import trimesh
-    from PIL import Image
 
+    from imnet.atomic import atomic_path, write_atomic
     from imnet.checkpoint import load_model
-    from imnet.config import ReconstructConfig, format_config
+    from imnet.config import ReconstructConfig, check_resolution, format_config
     from imnet.images import preprocess
     from imnet.inference import reconstruct_image
     from imnet.mesh import denormalise, from_shapenet_axes, save_mesh
     from imnet.precision import resolve_device
     from imnet.progress import progress
 
-    from imnet.extract import MAX_RESOLUTION
-
-    if not 8 <= args.resolution <= MAX_RESOLUTION:
-        raise ValueError(f"--resolution must be in 8..{MAX_RESOLUTION} (grids are held in memory: "
-                         f"{MAX_RESOLUTION}^3 float32 is 4 GiB), got {args.resolution}")
+    check_resolution(args.resolution)
     if args.max_batch_points < 1:
         raise ValueError("--max-batch-points must be positive")
+    if not 0.0 <= args.background_tolerance < 1.0:
+        raise ValueError(f"--background-tolerance must be in [0, 1), got {args.background_tolerance}")
     config = ReconstructConfig(args.resolution, args.level, args.method, args.max_batch_points, args.device, args.precision)
     print(format_config(config))
     items = collect_inputs(args.inputs, args.view, args.shapes)
+    check_output(args, len(items))
     device = resolve_device(config.device)
     model, _ = load_model(args.checkpoint, stage="svr", map_location=device)
     model.to(device).eval()
@@ -166,23 +200,25 @@ def run(args: argparse.Namespace) -> int:
     bar = progress(items, desc="reconstructing", unit="image", disable=len(items) < 2)
     for item in bar:
         try:
-            pixels = item.pixels if item.pixels is not None else preprocess(item.path, kind=args.kind)
-        except ValueError as e:  # unreadable, empty, no object: skip this one, report at the end
+            pixels = item.pixels if item.pixels is not None else preprocess(
+                item.path, kind=args.kind, tolerance=args.background_tolerance)
+        except ValueError as e:  # unreadable, too large, empty, no object: skip this one, report at the end
             failed.append(f"{item.name}: {e}")
             continue
         result = reconstruct_image(model, pixels, **options)
         out = output_path(args, item, len(items))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if args.save_input:
-            Image.fromarray(pixels).save(out.with_name(out.stem + "_input.png"))
-        if args.save_code:
-            np.save(out.with_name(out.stem + "_code.npy"), result.code)
         mesh = result.mesh
         if len(mesh.faces) == 0:
             empty.append(item.name)
             # imnet.extract has already warned why; say which input it was and that nothing was written
-            print(f"reconstruct.py: {item.name}: no surface at level {args.level}; no mesh written", file=sys.stderr)
+            print(f"reconstruct.py: {item.name}: no surface at level {args.level}; nothing written", file=sys.stderr)
             continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if args.save_input:
+            write_atomic(out.with_name(out.stem + "_input.png"), _png(pixels))
+        if args.save_code:
+            with atomic_path(out.with_name(out.stem + "_code.npy")) as tmp, open(tmp, "wb") as f:
+                np.save(f, result.code)
         if args.smooth:
             trimesh.smoothing.filter_taubin(mesh, iterations=args.smooth)
         saved = mesh
@@ -197,21 +233,32 @@ def run(args: argparse.Namespace) -> int:
 
     for line in failed:
         print(f"reconstruct.py: skipped {line}", file=sys.stderr)
-    where = f" in {Path(args.output or 'reconstructions')}" if len(written) != 1 else f": {written[0]}"
+    where = f" in {_output(args)}" if len(written) != 1 else f": {written[0]}"
     print(f"{len(written)} meshes written{where}" + (f"; {len(empty)} empty" if empty else "") +
           (f"; {len(failed)} inputs skipped" if failed else ""))
     return 0 if written else 1
+
+
+def _png(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def write_preview(path: Path, pixels: np.ndarray, mesh) -> None:
     """Input image and a shaded rendering of the mesh (in object space), side by side."""
     from PIL import Image
 
+    from imnet.atomic import write_atomic
     from imnet.render import View, render_rgb
 
     rendering = render_rgb(mesh, View(azimuth=30.0, elevation=25.0), size=256)
     left = np.repeat(np.asarray(Image.fromarray(pixels).resize((256, 256)))[..., None], 3, axis=2)
-    Image.fromarray(np.concatenate([left, rendering], axis=1)).save(path)
+    write_atomic(path, _png(np.concatenate([left, rendering], axis=1)))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--close-gaps", type=int, default=d.close_gaps, help="voxeliser: close holes in the surface up "
                    "to about twice this many voxels wide (default %(default)s)")
     p.add_argument("--no-render", action="store_true", help="skip the 24 views (AE-only data, much faster)")
-    p.add_argument("--views", type=int, default=d.views, help="views per shape (default %(default)s, as 3D-R2N2)")
+    p.add_argument("--views", type=int, default=d.views, help="views per shape, any number >= 1 (default %(default)s, "
+                   "as 3D-R2N2; at most 24 with --r2n2); the data file records the count")
     p.add_argument("--train-fraction", type=float, default=d.train_fraction, help="fraction of sorted model ids "
                    "per category that go to train (default %(default)s)")
     p.add_argument("--split-file", default="", help='JSON {"train": [...], "test": [...]} of model ids, '
@@ -35,16 +36,19 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 def config_from(args: argparse.Namespace) -> DataPrepConfig:
-    if args.workers < 1:
-        raise ValueError("--workers must be at least 1")
+    """The run's config, every option checked (`pipeline.check_config`) before anything is written."""
+    from data_prep.pipeline import check_config
+
     if not 0.0 <= args.train_fraction <= 1.0:
         raise ValueError("--train-fraction must be between 0 and 1")
-    return DataPrepConfig(
+    config = DataPrepConfig(
         out_dir=args.out, close_gaps=args.close_gaps, views=args.views,
         render=not args.no_render, voxels_from=getattr(args, "voxels_from", "mesh"),
         train_fraction=args.train_fraction, split_file=args.split_file, seed=args.seed,
         workers=args.workers, shard=args.shard,
     )
+    check_config(config)
+    return config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,13 +129,14 @@ def export_synthetic(categories: list[str], count: int, seed: int, root: Path) -
     return root
 
 
-def run(args: argparse.Namespace) -> str:
+def run(args: argparse.Namespace) -> tuple[str, int]:
+    """Run one command: (its one-line summary, the exit status: 1 when nothing was written)."""
     from data_prep import pipeline, sources
 
     if args.command == "merge":
         config = DataPrepConfig(out_dir=args.out, train_fraction=args.train_fraction, split_file=args.split_file)
         outputs = pipeline.merge([Path(d) for d in args.shard_dirs], config)
-        return f"merged {len(args.shard_dirs)} folders into {', '.join(outputs)}"
+        return f"merged {len(args.shard_dirs)} folders into {pipeline.format_outputs(outputs)}", 0
 
     config = config_from(args)
     if args.command == "shapenet":
@@ -151,20 +156,21 @@ def run(args: argparse.Namespace) -> str:
     summary = pipeline.prepare(found, config)
     if summary.failed:
         print(f"{len(summary.failed)} shapes failed; reasons in {Path(args.out) / pipeline.FAILURES_FILE}", file=sys.stderr)
-    return summary.line()
+    return summary.line(), 1 if summary.wrote_nothing else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(axis_argv(sys.argv[1:] if argv is None else argv))
     try:
-        print(run(args))
-    except (FileNotFoundError, ValueError) as e:
+        line, status = run(args)
+    except (OSError, ValueError) as e:  # user mistakes and unwritable outputs: one line, no traceback
         print(f"data_prep: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("data_prep: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    return 0
+    print(line)
+    return status
 
 
 if __name__ == "__main__":

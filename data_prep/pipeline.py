@@ -6,7 +6,8 @@ Fault tolerance: each shape's result is written to its own record file (atomical
 interrupted run loses at most the shapes in flight and a rerun skips what is done. A shape that
 fails (unreadable, empty, degenerate, NaN vertices, too large) is logged with its reason in
 `failures.csv` and skipped. The final HDF5 files are assembled from the records at the end, also
-atomically, so they are never half-written.
+atomically, so they are never half-written. Options and the output folder are checked before any
+work (`check_config`); workers exit by themselves when the main process is killed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import os
+import threading
 import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -25,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from data_prep.sources import ShapeSource, read_r2n2_cameras
+from data_prep.sources import R2N2_VIEWS, ShapeSource, read_r2n2_cameras
 from imnet import datafile
+from imnet.atomic import check_output_dir
 from imnet.binvox import binvox_bounds, read_binvox
 from imnet.config import DataPrepConfig
 from imnet.mesh import (
@@ -144,6 +148,7 @@ def prepare_shape(source: ShapeSource, config: DataPrepConfig) -> dict[str, np.n
         solid, centre, scale = solid_from_binvox(source.binvox or source.path, GRID, source.up, source.front)
     else:
         centre, scale = normalisation(mesh.bounds)
+    _check_float32_normalisation(centre, scale)
     if mesh is not None:
         normalise(mesh, centre, scale)
         if config.voxels_from != "binvox" or not source.binvox:
@@ -173,6 +178,18 @@ def prepare_shape(source: ShapeSource, config: DataPrepConfig) -> dict[str, np.n
     return record
 
 
+def _check_float32_normalisation(centre: np.ndarray, scale: float) -> None:
+    """The data files store centre and scale as float32; refuse a shape whose values do not fit
+    (they would read back as inf or 0, and nothing could be mapped back to the source frame)."""
+    tiny, top = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+    if not (tiny <= scale <= top and np.abs(centre).max() <= top):
+        raise ShapeError(
+            f"coordinates out of range: the bounding-box diagonal is {scale:.3g} and its centre "
+            f"{np.asarray(centre).tolist()}, but data files store them as float32 ({tiny:.2g} to "
+            f"{top:.2g}); rescale the mesh"
+        )
+
+
 # --- a whole run ---------------------------------------------------------------------------------
 
 
@@ -182,14 +199,27 @@ class RunSummary:
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
-    outputs: list[str] = field(default_factory=list)
+    outputs: dict[str, int] = field(default_factory=dict)  # HDF5 file -> shapes written into it
+
+    @property
+    def wrote_nothing(self) -> bool:
+        """No shape of this run has a record, so no data file could be written."""
+        return self.done + self.skipped == 0
 
     def line(self) -> str:
-        where = f"; wrote {', '.join(self.outputs)}" if self.outputs else ""
+        if self.wrote_nothing:
+            where = "; nothing written: no shape could be prepared" if self.failed else "; nothing written"
+        else:
+            where = f"; wrote {format_outputs(self.outputs)}" if self.outputs else ""
         return (
             f"{self.done} shapes prepared, {self.skipped} already done, {len(self.failed)} failed "
             f"in {self.seconds:.1f} s{where}"
         )
+
+
+def format_outputs(outputs: dict[str, int]) -> str:
+    """'a_train.hdf5 (40 shapes), a_test.hdf5 (10 shapes)': the files and what they hold."""
+    return ", ".join(f"{path} ({count} shape{'s' if count != 1 else ''})" for path, count in outputs.items())
 
 
 def record_path(out_dir: str | Path, name: str) -> Path:
@@ -205,6 +235,50 @@ def parse_shard(shard: str) -> tuple[int, int]:
     if not 0 <= k < n:
         raise ValueError(f"--shard {shard}: need 0 <= k < n")
     return k, n
+
+
+def check_config(config: DataPrepConfig) -> None:
+    """Every option of a run and its output folder, checked before any work or any folder is made.
+
+    Raises:
+        ValueError: a bad option (shard, split file, views, workers) or an output folder that
+            cannot be written (`imnet.atomic.check_output_dir`).
+    """
+    parse_shard(config.shard)
+    if config.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {config.workers}")
+    if config.render and config.views < 1:
+        raise ValueError(f"--views must be at least 1, got {config.views} (use --no-render for no views)")
+    if config.split_file:
+        read_split_file(config.split_file)
+    check_output_dir(config.out_dir, option="--out")
+
+
+def check_sources(sources: list[ShapeSource], config: DataPrepConfig) -> None:
+    """Refuse, before any work, sources that would overwrite each other or lack the views asked for."""
+    paths: dict[str, str] = {}
+    for s in sources:
+        if s.name in paths:
+            raise ValueError(f"{paths[s.name]} and {s.path} would both be shape {s.name}; rename one of them")
+        paths[s.name] = s.path
+    if config.render and config.views > R2N2_VIEWS and any(s.views_dir for s in sources):
+        raise ValueError(f"--views {config.views}: 3D-R2N2 rendered {R2N2_VIEWS} views per shape; "
+                         f"use --views {R2N2_VIEWS} or fewer with --r2n2")
+
+
+def _watch_parent(parent: int) -> None:
+    """Worker initialiser: exit as soon as the main process is gone.
+
+    A main process killed with SIGKILL cannot stop its pool; without this its workers would go on
+    preparing shapes nobody collects, then sit idle holding their memory. Polling the parent's id
+    works on every platform (an orphan is adopted by another process).
+    """
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
 def _work(source: ShapeSource, config: DataPrepConfig, out_dir: str) -> tuple[str, str]:
@@ -228,6 +302,8 @@ def prepare(sources: list[ShapeSource], config: DataPrepConfig, assemble: bool |
     the run is one shard of several (`config.shard`), the HDF5 files are assembled at the end.
     """
     start = time.perf_counter()
+    check_config(config)
+    check_sources(sources, config)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     k, n = parse_shard(config.shard)
@@ -242,7 +318,8 @@ def prepare(sources: list[ShapeSource], config: DataPrepConfig, assemble: bool |
                 _tally(summary, name, error, bar)
         else:
             # spawn, not fork: workers open their own OpenGL context for rendering.
-            with ProcessPoolExecutor(config.workers, mp_context=get_context("spawn")) as pool:
+            with ProcessPoolExecutor(config.workers, mp_context=get_context("spawn"),
+                                     initializer=_watch_parent, initargs=(os.getpid(),)) as pool:
                 futures = {pool.submit(_work, s, config, str(out_dir)): s.name for s in todo}
                 try:
                     for future in as_completed(futures):
@@ -286,11 +363,7 @@ def split_names(names: list[str], config: DataPrepConfig) -> dict[str, list[str]
     model ids or 'category/model_id'), else the first `train_fraction` of sorted model ids go to
     train, per category (the IM-NET / AtlasNet convention)."""
     if config.split_file:
-        try:
-            spec = json.loads(Path(config.split_file).read_text())
-            wanted = {split: {e.split("/")[-1] for e in spec[split]} for split in ("train", "test")}
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"split file {config.split_file} must be JSON with 'train' and 'test' lists: {e}") from None
+        wanted = read_split_file(config.split_file)
         return {split: sorted(n for n in names if n.split("/")[-1] in ids) for split, ids in wanted.items()}
     ordered = sorted(names, key=lambda n: n.split("/")[-1])
     n_train = int(round(len(ordered) * config.train_fraction))
@@ -299,10 +372,22 @@ def split_names(names: list[str], config: DataPrepConfig) -> dict[str, list[str]
     return {"train": ordered[:n_train], "test": ordered[n_train:]}
 
 
-def assemble_outputs(records_root: Path | list[Path], names: list[str], config: DataPrepConfig, out_dir: Path) -> list[str]:
+def read_split_file(path: str | Path) -> dict[str, set[str]]:
+    """A split file: JSON {"train": [...], "test": [...]} -> the model ids of each split."""
+    try:
+        spec = json.loads(Path(path).read_text())
+        return {split: {e.split("/")[-1] for e in spec[split]} for split in ("train", "test")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"split file {path} must be JSON with 'train' and 'test' lists: {e}") from None
+
+
+def assemble_outputs(
+    records_root: Path | list[Path], names: list[str], config: DataPrepConfig, out_dir: Path
+) -> dict[str, int]:
     """Write `<category>_<split>.hdf5` (+ names `.txt`) for every category from the record files.
 
     `records_root` is one output folder or several (to merge shards run on different machines).
+    Returns each file written and the number of shapes in it.
     """
     roots = [records_root] if isinstance(records_root, Path) else records_root
     found = {}
@@ -312,7 +397,7 @@ def assemble_outputs(records_root: Path | list[Path], names: list[str], config: 
             if path.is_file():
                 found[name] = path
                 break
-    outputs = []
+    outputs = {}
     for category in sorted({n.split("/")[0] for n in found}):
         in_category = [n for n in found if n.split("/")[0] == category]
         for split, split_names_ in split_names(in_category, config).items():
@@ -320,11 +405,11 @@ def assemble_outputs(records_root: Path | list[Path], names: list[str], config: 
                 continue
             out = Path(out_dir) / f"{category}_{split}.hdf5"
             datafile.assemble([found[n] for n in split_names_], out, split_names_)
-            outputs.append(str(out))
+            outputs[str(out)] = len(split_names_)
     return outputs
 
 
-def merge(shard_dirs: list[Path], config: DataPrepConfig) -> list[str]:
+def merge(shard_dirs: list[Path], config: DataPrepConfig) -> dict[str, int]:
     """Assemble the HDF5 files from the records of several shard output folders."""
     names = sorted({
         str(p.relative_to(root / RECORDS_DIR).with_suffix(""))
@@ -333,6 +418,9 @@ def merge(shard_dirs: list[Path], config: DataPrepConfig) -> list[str]:
     })
     if not names:
         raise ValueError(f"no prepared shapes found in {', '.join(map(str, shard_dirs))} (expected {RECORDS_DIR}/<category>/<id>.npz)")
+    if config.split_file:
+        read_split_file(config.split_file)
+    check_output_dir(config.out_dir, option="--out")
     Path(config.out_dir).mkdir(parents=True, exist_ok=True)
     return assemble_outputs(list(shard_dirs), names, config, Path(config.out_dir))
 

@@ -7,6 +7,7 @@ Every input becomes a `ShapeSource`; the rest of the pipeline does not care wher
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from imnet.mesh import MESH_SUFFIXES, SHAPENET_FRONT, SHAPENET_UP, axes_rotation
 # ShapeNetCore v1 (and ShapeNetVox32, voxelised from it, and so 3D-R2N2's renderings) is ShapeNet
 # v2's frame turned -90 degrees about y: y up, the front towards +x instead of -z.
 V1_UP, V1_FRONT = "+y", "+x"
+R2N2_VIEWS = 24  # 3D-R2N2 rendered 00.png ... 23.png per shape
 
 
 @dataclass(frozen=True)
@@ -100,16 +102,21 @@ def shapenet_sources(root: str | Path, synsets: list[str] | None = None, ids: li
 def mesh_folder_sources(root: str | Path, up: str = SHAPENET_UP, front: str = SHAPENET_FRONT) -> list[ShapeSource]:
     """Plain mesh folders: `<root>/<category>/<name>.<obj|off|ply|stl|glb>`, category = folder.
 
+    The model id is the file's stem (`chair/a.obj` -> "chair/a"), or its whole name when several
+    files of one category share the stem (`chair/a.obj` and `chair/a.ply` -> "chair/a.obj" and
+    "chair/a.ply"), so that no shape overwrites another.
     `up` and `front` are the meshes' axes (e.g. "+z" and "+x" for a z-up CAD export facing +x);
     by default ShapeNet v2's.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"mesh folder not found: {root}")
+    paths = [path for path in sorted(root.glob("*/*")) if path.suffix.lower() in MESH_SUFFIXES]
+    stems = Counter((path.parent.name, path.stem) for path in paths)
     sources = [
-        ShapeSource(f"{path.parent.name}/{path.stem}", "mesh", str(path), up=up, front=front)
-        for path in sorted(root.glob("*/*"))
-        if path.suffix.lower() in MESH_SUFFIXES
+        ShapeSource(f"{path.parent.name}/{path.stem if stems[path.parent.name, path.stem] == 1 else path.name}",
+                    "mesh", str(path), up=up, front=front)
+        for path in paths
     ]
     if not sources:
         raise ValueError(f"no meshes ({', '.join(MESH_SUFFIXES)}) found in the category folders of {root} (expected <root>/<category>/<name>.obj)")

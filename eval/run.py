@@ -44,7 +44,8 @@ import numpy as np
 import trimesh
 
 from eval import baseline, report
-from imnet.config import EvalConfig
+from imnet.atomic import check_output_dir
+from imnet.config import EvalConfig, check_resolution
 from imnet.datafile import ShapeData, open_datafile
 from imnet.extract import grid_to_mesh
 from imnet.images import crop_view
@@ -301,8 +302,7 @@ def _check(config: EvalConfig) -> None:
         raise ValueError("--retrieval encoder needs --checkpoint (its image encoder gives the features)")
     if config.gt not in GT_MODES:
         raise ValueError(f"--gt must be one of {GT_MODES}, got {config.gt!r}")
-    if config.resolution < 8:
-        raise ValueError(f"--resolution must be at least 8, got {config.resolution}")
+    check_resolution(config.resolution)
     if config.limit < 0:
         raise ValueError(f"--limit must be 0 (all) or positive, got {config.limit}")
     for name in ("iou_points", "surface_points", "max_batch_points"):
@@ -314,8 +314,7 @@ def _check(config: EvalConfig) -> None:
         raise FileNotFoundError(f"--meshes folder not found: {config.meshes}")
     if config.train_data and not Path(config.train_data).is_file():
         raise FileNotFoundError(f"training data file not found: {config.train_data}")
-    if Path(config.out_dir).exists() and not Path(config.out_dir).is_dir():
-        raise ValueError(f"--out {config.out_dir} exists and is not a folder")
+    check_output_dir(config.out_dir, option="--out")
 
 
 def _input_crops(data: ShapeData, rows: range, view: int) -> np.ndarray | None:

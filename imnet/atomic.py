@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "write_atomic"]
+__all__ = ["atomic_path", "write_atomic", "check_output_dir"]
 
 
 @contextmanager
@@ -29,8 +29,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename in (tmp, str(tmp)):
+            e.filename = str(path)  # say which output failed, not which temporary name
         raise
 
 
@@ -39,3 +41,35 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)
+
+
+def check_output_dir(path: str | os.PathLike, *, option: str = "--out", file: str | os.PathLike | None = None) -> Path:
+    """Refuse an output folder that cannot be created or written, before any work is done.
+
+    Programs call this first, so a wrong output path costs a one-line message (naming ``option``)
+    rather than a traceback after minutes of work, and nothing is created on the way: the folder
+    itself is made only when the first file is written.
+
+    Args:
+        path: the folder outputs will be written to.
+        option: the command-line option that named it, for the message.
+        file: when the option named a file in ``path`` rather than the folder, that file.
+
+    Raises:
+        ValueError: ``path`` is a file, lies below a file, or its nearest existing folder is not
+            writable by this user.
+    """
+    path = Path(path)
+    given = Path(file) if file is not None else path
+    if path.exists() and not path.is_dir():
+        if file is None:
+            raise ValueError(f"{option} {path} exists and is not a folder; choose another {option}")
+        raise ValueError(f"{option} {given} cannot be created: {path} is a file, not a folder")
+    existing = path.absolute()
+    while not existing.exists():  # the nearest folder that exists, where mkdir would start
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{option} {given} cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {given} cannot be written: no permission to write in {existing}")
+    return path

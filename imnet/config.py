@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from imnet.extract import DEFAULT_MAX_BATCH_POINTS
+from imnet.extract import DEFAULT_MAX_BATCH_POINTS, MAX_RESOLUTION
 from imnet.mesh import MAX_FACES
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "config_to_dict",
     "config_from_dict",
     "format_config",
+    "check_resolution",
 ]
 
 
@@ -160,6 +161,14 @@ class EvalConfig:
     published: bool = False  # put the published numbers in summary.md
     seed: int = 0  # seed of the IoU points and the surface samples
     progress: bool = True
+
+
+def check_resolution(resolution: int, *, low: int = 8, high: int = MAX_RESOLUTION, option: str = "--resolution") -> int:
+    """The one check of a program's extraction resolution, before any work: one line naming `option`."""
+    if not low <= resolution <= high:
+        why = f" (grids are held in memory: {high}^3 float32 is {4 * high**3 / 2**30:g} GiB)" if high == MAX_RESOLUTION else ""
+        raise ValueError(f"{option} must be in {low}..{high}{why}, got {resolution}")
+    return resolution
 
 
 C = TypeVar("C")

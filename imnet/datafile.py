@@ -5,7 +5,8 @@ Every dataset below is uint8, gzip-compressed and chunked one shape per chunk:
 
 | key | shape | meaning |
 |---|---|---|
-| ``pixels`` | [N, 24, 137, 137] | grayscale views, object dark on white; absent in voxel-only files |
+| ``pixels`` | [N, V, 137, 137] | V grayscale views per shape (24, as 3D-R2N2, unless prepared with
+  ``--views``), object dark on white; absent in voxel-only files |
 | ``voxels`` | [N, 64, 64, 64, 1] | solid occupancy, indexed [x, y, z] (256^3 grid max-pooled by 4) |
 | ``points_16``, ``values_16`` | [N, 4096, 3], [N, 4096, 1] | coarse points and their occupancy |
 | ``points_32``, ``values_32`` | [N, 4096, 3], [N, 4096, 1] | near-surface points |
@@ -21,7 +22,7 @@ Our extras, which IM-NET ignores:
 - group ``meta``: ``centre`` float32 [N, 3] and ``scale`` float32 [N], ``up`` and ``front`` utf-8
   strings [N] (the source's axes, e.g. "+z" and "+x"): object space is ``(R p - centre) / scale`` of
   a source point p, with R the turn ``imnet.mesh.axes_rotation(up, front)`` into ShapeNet v2's axes;
-  ``cameras`` float32 [N, 24, 5] (azimuth, elevation, in-plane rotation, distance ratio, field of
+  ``cameras`` float32 [N, V, 5] (azimuth, elevation, in-plane rotation, distance ratio, field of
   view per view), ``source`` utf-8 string [N] (where the shape came from) and ``name`` utf-8 string
   [N] (the names again, in case the text file gets lost). Unknown numbers are NaN, unknown strings
   empty; files written before ``up``/``front`` existed read as ShapeNet's axes ("+y", "-z").
@@ -41,10 +42,17 @@ found in ``ShapeData.layout``:
 Names come from ``meta/name`` in our files (written with the data, so never out of step) and from
 the ``.txt`` beside the file otherwise.
 
+Every dataset is checked when the file is opened, before anything reads it: its per-shape shape
+(any V >= 1 views; the point count of ``values_L`` equal to that of ``points_L``), its row count
+(every dataset, ``meta`` included, holds N rows), its dtype (integers; float occupancy such as 0.5
+is refused, not rounded) and the values of the first shape (occupancy 0 or 1). The error names the
+dataset that is wrong.
+
 Shapes in the per-shape record files of the data preparation pipeline (``write_shape_record``) are
 dicts with the keys ``voxels`` [64, 64, 64] (or [..., 1]), ``points_L`` [P, 3], ``values_L`` [P] (or
-[P, 1]) for L in 16, 32, 64, and optionally ``pixels`` [24, 137, 137], ``occupancy_64`` [64, 64, 64],
-``centre`` [3], ``scale`` [], ``cameras`` [24, 5], ``source``, ``name``, ``up`` and ``front`` str.
+[P, 1]) for L in 16, 32, 64, and optionally ``pixels`` [V, 137, 137], ``occupancy_64`` [64, 64, 64],
+``centre`` [3], ``scale`` [], ``cameras`` [V, 5], ``source``, ``name``, ``up`` and ``front`` str. All
+shapes of one file have the same number of views V.
 
 Names are ``category/model_id``; for ShapeNet the category is the synset id (:data:`SYNSETS`).
 """
@@ -98,13 +106,13 @@ FORMAT = "imnet"
 FORMAT_VERSION = 1
 LEVELS = (16, 32, 64)
 POINT_COUNTS_2018 = {16: 4096, 32: 8192, 64: 32768}
-N_VIEWS = 24
+N_VIEWS = 24  # the default number of views per shape (3D-R2N2's); a file may hold any V >= 1
 VIEW_SIZE = 137
 VOXEL_SIZE = 64
 
-# Per-shape shapes of the uint8 datasets, in file order.
+# Per-shape shapes of the uint8 datasets, in file order; None stands for the file's view count V.
 _ROW_SHAPES = {
-    "pixels": (N_VIEWS, VIEW_SIZE, VIEW_SIZE),
+    "pixels": (None, VIEW_SIZE, VIEW_SIZE),
     "voxels": (VOXEL_SIZE, VOXEL_SIZE, VOXEL_SIZE, 1),
     "points_16": (POINT_COUNTS[16], 3),
     "values_16": (POINT_COUNTS[16], 1),
@@ -117,7 +125,7 @@ _ROW_SHAPES = {
 _OPTIONAL = ("pixels", "occupancy_64")  # every shape of a file has them, or none
 _REQUIRED = [key for key in _ROW_SHAPES if key not in _OPTIONAL]
 # Per-shape shapes of the float32 meta datasets.
-_META_SHAPES = {"centre": (3,), "scale": (), "cameras": (N_VIEWS, 5)}
+_META_SHAPES = {"centre": (3,), "scale": (), "cameras": (None, 5)}
 # utf-8 string meta datasets and what a shape without one gets.
 _META_STRINGS = {"source": "", "name": "", "up": SHAPENET_UP, "front": SHAPENET_FRONT}
 
@@ -221,20 +229,23 @@ def _write(
         raise ValueError("no shapes to write; a data file needs at least one shape")
     if names is not None:
         _check_names(names)
-    meta = {key: np.full((n, *shape), np.nan, np.float32) for key, shape in _META_SHAPES.items()}
     strings: dict[str, list[str]] = {key: [] for key in _META_STRINGS}
+    views = None  # the first shape's view count, which every other shape must have
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         count = 0
         for i, record in enumerate(records):
             if i == n:
                 raise ValueError(f"got more shapes than the {n} expected")
-            arrays = _check_record(record, where=f"shape {i}")
+            arrays = _check_record(record, where=f"shape {i}", views=views)
             if i == 0:
+                views = _record_views(arrays)
+                meta = {key: np.full((n, *_row_shape(shape, views)), np.nan, np.float32)
+                        for key, shape in _META_SHAPES.items()}
                 keys = [key for key in _ROW_SHAPES if key in arrays]
                 for key in keys:
+                    shape = _row_shape(_ROW_SHAPES[key], views)
                     f.create_dataset(
-                        key, shape=(n, *_ROW_SHAPES[key]), dtype=np.uint8,
-                        chunks=(1, *_ROW_SHAPES[key]),
+                        key, shape=(n, *shape), dtype=np.uint8, chunks=(1, *shape),
                         compression="gzip", compression_opts=compression_level,
                     )
             for key in _OPTIONAL:
@@ -276,15 +287,43 @@ def _write(
     return path
 
 
-def _check_record(record: Mapping[str, object], *, where: str) -> dict[str, np.ndarray | str]:
-    """Validate a per-shape record and bring it to the file's shapes and dtypes."""
+def _row_shape(shape: tuple[int | None, ...], views: int) -> tuple[int, ...]:
+    """A per-shape shape of ``_ROW_SHAPES`` / ``_META_SHAPES`` with the view count filled in."""
+    return tuple(views if size is None else size for size in shape)
+
+
+def _top(key: str) -> int:
+    """The largest value dataset `key` may hold: grid indices and gray levels 255, occupancy 1."""
+    return 255 if key.startswith("points_") or key == "pixels" else 1
+
+
+def _record_views(record: Mapping[str, object]) -> int:
+    """How many views a record holds: those of its pixels, else of its cameras, else the default."""
+    for key in ("pixels", "cameras"):
+        if key in record and np.ndim(record[key]) >= 1:
+            return int(np.shape(record[key])[0])
+    return N_VIEWS
+
+
+def _check_record(record: Mapping[str, object], *, where: str, views: int | None = None) -> dict[str, np.ndarray | str]:
+    """Validate a per-shape record and bring it to the file's shapes and dtypes.
+
+    ``views``: the view count the file already has (that of its first shape), or None for the first.
+    """
     missing = [key for key in _REQUIRED if key not in record]
     if missing:
         raise ValueError(f"{where}: record lacks {', '.join(missing)}; have {sorted(record)}")
+    record_views = _record_views(record)
+    if record_views < 1:
+        raise ValueError(f"{where}: 'pixels' holds no views; give at least one view, or no pixels")
+    if views is not None and record_views != views and ("pixels" in record or "cameras" in record):
+        raise ValueError(f"{where} has {record_views} views but the file's first shape has {views}; "
+                         "every shape of a file needs the same number of views")
     out: dict[str, np.ndarray | str] = {}
     for key, shape in _ROW_SHAPES.items():
         if key not in record:
             continue
+        shape = _row_shape(shape, record_views)
         value = np.asarray(record[key])
         if key == "voxels" or key.startswith("values_"):
             value = value.reshape(value.shape + (1,)) if value.shape == shape[:-1] else value
@@ -292,12 +331,12 @@ def _check_record(record: Mapping[str, object], *, where: str) -> dict[str, np.n
             raise ValueError(f"{where}: '{key}' has shape {value.shape}, expected {shape}")
         if value.dtype.kind not in "biu":
             raise ValueError(f"{where}: '{key}' has dtype {value.dtype}, expected integers or bools")
-        top = 255 if key.startswith("points_") or key == "pixels" else 1
-        if value.size and (value.min() < 0 or value.max() > top):
-            raise ValueError(f"{where}: '{key}' holds values outside 0..{top}")
+        if value.size and (value.min() < 0 or value.max() > _top(key)):
+            raise ValueError(f"{where}: '{key}' holds values outside 0..{_top(key)}")
         out[key] = value.astype(np.uint8, copy=False)
     for key, shape in _META_SHAPES.items():
         if key in record:
+            shape = _row_shape(shape, record_views)
             value = np.asarray(record[key], dtype=np.float32)
             if value.shape != shape:
                 raise ValueError(f"{where}: '{key}' has shape {value.shape}, expected {shape}")
@@ -386,7 +425,7 @@ class ShapeData:
         names: shape names in row order, or None: ``meta/name`` in our files, else the ``.txt``
             file beside the data file if there is one.
         meta: our extras, or None for foreign layouts: ``centre`` float32 [N, 3], ``scale`` float32
-            [N], ``cameras`` float32 [N, 24, 5], ``source``, ``up`` and ``front`` lists of N str.
+            [N], ``cameras`` float32 [N, V, 5], ``source``, ``up`` and ``front`` lists of N str.
         point_counts: points per shape at each level, e.g. {16: 4096, 32: 4096, 64: 16384}.
     """
 
@@ -451,7 +490,7 @@ class ShapeData:
 
     @property
     def pixels(self) -> np.ndarray | LazyRows | None:
-        """Rendered views: uint8 [N, 24, 137, 137], object dark on white; None in voxel-only files."""
+        """Rendered views: uint8 [N, V, 137, 137], object dark on white; None in voxel-only files."""
         return self._rows("pixels") if "pixels" in self._keys else None
 
     @property
@@ -520,8 +559,12 @@ def open_datafile(path: str | os.PathLike) -> ShapeData:
             f"{path} is not an HDF5 file; expected an IM-NET data file (.hdf5) written by "
             "data_prep or from IM-NET's published data"
         )
-    file = h5py.File(path, "r")
     try:
+        file = h5py.File(path, "r")
+    except OSError as e:  # an HDF5 signature on a truncated or damaged file
+        raise ValueError(f"{path}: cannot open the HDF5 file ({e}); it may be truncated or damaged") from None
+    try:
+        _check_datasets(file, path)
         layout = _detect_layout(file, path)
         if layout == "imnet-v1":
             meta = _read_meta(file)
@@ -536,13 +579,62 @@ def open_datafile(path: str | os.PathLike) -> ShapeData:
         raise
 
 
-def _detect_layout(file: h5py.File, path: Path) -> str:
+def _check_datasets(file: h5py.File, path: Path) -> None:
+    """Refuse, naming the dataset, a file whose datasets have the wrong shape, row count or dtype
+    (training would fail deep inside, or silently learn from wrong data)."""
     missing = [key for key in _REQUIRED if key not in file]
     if missing:
         raise ValueError(
             f"{path} is not an IM-NET data file: missing datasets {', '.join(missing)} "
             f"(it has {', '.join(sorted(file.keys())) or 'none'})"
         )
+    keys = [key for key in _ROW_SHAPES if key in file]
+    for key in keys:
+        if not isinstance(file[key], h5py.Dataset):
+            raise ValueError(f"{path}: '{key}' is a group, not a dataset")
+    n = file["voxels"].shape[0] if file["voxels"].ndim else 0
+    views = file["pixels"].shape[1] if "pixels" in file and file["pixels"].ndim == 4 else 0
+    for key in keys:
+        dataset = file[key]
+        # Per-shape shape, with names for the sizes the file may choose: views V, points P.
+        if key.startswith("values_"):  # as many points as its points_ dataset, whatever the layout
+            points = file[f"points_{key.split('_')[1]}"]
+            expected = (points.shape[1] if points.ndim == 3 else "P", 1)
+        elif key.startswith("points_"):
+            expected = ("P", 3)
+        else:
+            expected = tuple("V" if size is None else size for size in _ROW_SHAPES[key])
+        sizes = dataset.shape[1:]
+        if len(sizes) != len(expected) or any(e != s for e, s in zip(expected, sizes) if isinstance(e, int)):
+            raise ValueError(f"{path}: dataset '{key}' has shape {list(dataset.shape)}, expected "
+                             f"[N, {', '.join(map(str, expected))}]")
+        if key == "pixels" and views < 1:
+            raise ValueError(f"{path}: dataset 'pixels' holds no views (shape {list(dataset.shape)})")
+        if dataset.shape[0] != n:
+            raise ValueError(f"{path}: dataset '{key}' has {dataset.shape[0]} rows but 'voxels' has {n}; "
+                             "every dataset must hold one row per shape")
+        if dataset.dtype.kind not in "biu":
+            raise ValueError(f"{path}: dataset '{key}' is {dataset.dtype}, expected integers (uint8): "
+                             "occupancy 0/1, grid indices or gray levels, as IM-NET stores them")
+    if n == 0:
+        raise ValueError(f"{path} holds no shapes")
+    for key in keys:  # the values of the first shape: reading one row is cheap (one chunk)
+        row = file[key][0]
+        if row.size and (row.min() < 0 or row.max() > _top(key)):
+            raise ValueError(f"{path}: dataset '{key}' holds values from {row.min()} to {row.max()} in its first "
+                             f"shape, expected 0..{_top(key)}" + (" (occupancy)" if _top(key) == 1 else ""))
+    if "meta" in file and isinstance(file["meta"], h5py.Group):
+        group = file["meta"]
+        for key in [*_META_SHAPES, *_META_STRINGS]:
+            if key not in group:
+                continue
+            shape = group[key].shape
+            expected = _row_shape(_META_SHAPES.get(key, ()), views or (shape[1] if len(shape) > 1 else 0))
+            if shape != (n, *expected):
+                raise ValueError(f"{path}: dataset 'meta/{key}' has shape {list(shape)}, expected {[n, *expected]}")
+
+
+def _detect_layout(file: h5py.File, path: Path) -> str:
     if file.attrs.get("format") == FORMAT:
         version = int(file.attrs.get("format_version", 0))
         if version > FORMAT_VERSION:
@@ -570,9 +662,11 @@ def _detect_layout(file: h5py.File, path: Path) -> str:
 
 
 def _read_meta(file: h5py.File) -> dict:
-    group = file["meta"]
-    meta = {key: group[key][...] for key in _META_SHAPES}
+    group = file["meta"] if "meta" in file else {}
     n = len(file["voxels"])
+    views = file["pixels"].shape[1] if "pixels" in file else N_VIEWS
+    meta = {key: group[key][...] if key in group else np.full((n, *_row_shape(shape, views)), np.nan, np.float32)
+            for key, shape in _META_SHAPES.items()}
     for key, default in _META_STRINGS.items():
         meta[key] = list(group[key].asstr()[...]) if key in group else [default] * n
     return meta

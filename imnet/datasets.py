@@ -117,7 +117,13 @@ def read_codes(path: str | os.PathLike, split: str, data: DataSource, required: 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"codes file not found: {path}; write it with `python train.py codes`")
-    with np.load(path, allow_pickle=False) as npz:
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):  # numpy's reason for a file of another kind is about pickles
+        npz = None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} is not a codes file (the .npz that `python train.py codes` writes)")
+    with npz:
         if f"{split}_codes" not in npz:
             if not required:
                 return None

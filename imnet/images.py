@@ -22,6 +22,7 @@ Two ways in (``kind``):
 from __future__ import annotations
 
 import os
+import warnings
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 import numpy as np
@@ -40,6 +41,8 @@ __all__ = [
     "INPUT_SIZE",
     "VIEW_CROP",
     "R2N2_FILL",
+    "MAX_MEGAPIXELS",
+    "BACKGROUND_TOLERANCE",
     "crop_view",
     "input_tensor",
     "load_image",
@@ -58,6 +61,14 @@ VIEW_CROP = slice(4, 4 + INPUT_SIZE)  # as IM-NET: 4 pixels off the top/left, 5 
 # in the [4:132, 4:132] crop, longest bbox side / 128; median 0.742 (range 0.625 - 0.914).
 # tests/test_images.py re-measures it.
 R2N2_FILL = 0.742
+
+MAX_MEGAPIXELS = 40.0
+"""Larger pictures are refused from their header, before decoding: at 40 MP the float RGBA copy
+alone is 640 MB, and the network sees 128x128 pixels of it. reconstruct.py and the app share it."""
+
+BACKGROUND_TOLERANCE = 0.1
+"""Photos without transparency: a pixel is the object where its colour differs from the border's by
+more than this (0..1) in some channel. reconstruct.py's --background-tolerance defaults to it."""
 
 # ITU-R BT.601 luma, as Pillow's "L" conversion and OpenCV's BGR2GRAY (which made IM-NET's data) use.
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -112,7 +123,7 @@ def input_tensor(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
     return pixels.float().div(255.0).unsqueeze(-3)
 
 
-def load_image(source: ImageSource) -> np.ndarray:
+def load_image(source: ImageSource, *, max_megapixels: float = MAX_MEGAPIXELS) -> np.ndarray:
     """Read an image file into float RGBA.
 
     Any format and mode Pillow reads is accepted (PNG, JPEG, WebP, ...; RGB, RGBA, L, LA, P with or
@@ -122,22 +133,35 @@ def load_image(source: ImageSource) -> np.ndarray:
 
     Args:
         source: a path, or a binary file object (e.g. an upload).
+        max_megapixels: larger images are refused from their header, before their pixels are decoded.
 
     Returns:
         float32 [H, W, 4], RGBA in [0, 1].
 
     Raises:
-        ImageError: the file is missing, is not an image, is truncated, or has no pixels.
+        ImageError: the file is missing, is not an image, is larger than ``max_megapixels``, is
+            truncated, or has no pixels.
     """
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<file object>")
     try:
-        img = PIL.Image.open(source)
+        with warnings.catch_warnings():
+            # Pillow warns about large images at open; the size is checked below, in one message.
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+            img = PIL.Image.open(source)
     except FileNotFoundError:
         raise ImageError(f"{name}: no such file; check the path") from None
     except PIL.UnidentifiedImageError:
         raise ImageError(f"{name}: not an image Pillow can read (empty file, or not PNG/JPEG/WebP/...)") from None
-    except (OSError, PIL.Image.DecompressionBombError) as e:
+    except PIL.Image.DecompressionBombError:
+        raise ImageError(f"{name}: far larger than {max_megapixels:g} megapixels; shrink it first") from None
+    except OSError as e:
         raise ImageError(f"{name}: cannot open ({e})") from None
+    if img.width * img.height > max_megapixels * 1e6:
+        img.close()
+        raise ImageError(
+            f"{name}: {img.width}x{img.height} is {img.width * img.height / 1e6:.1f} megapixels, more than the "
+            f"{max_megapixels:g} accepted; shrink it (the network sees 128x128 pixels anyway)"
+        )
     with img:
         try:
             img.load()
@@ -175,7 +199,7 @@ def composite_on_white(image: np.ndarray) -> np.ndarray:
     return np.clip(gray * alpha + (1.0 - alpha), 0.0, 1.0)
 
 
-def object_mask(image: np.ndarray, *, tolerance: float = 0.1, min_part: float = 0.02) -> np.ndarray:
+def object_mask(image: np.ndarray, *, tolerance: float = BACKGROUND_TOLERANCE, min_part: float = 0.02) -> np.ndarray:
     """Find the object's pixels in a picture.
 
     With an alpha channel that has transparent pixels, the object is where alpha >= 0.5. Otherwise the
@@ -216,7 +240,7 @@ def preprocess(
     kind: str = "auto",
     size: int = INPUT_SIZE,
     fill: float = R2N2_FILL,
-    tolerance: float = 0.1,
+    tolerance: float = BACKGROUND_TOLERANCE,
     return_box: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, Box]:
     """Turn an R2N2 rendering or a photo into the network's input image.
@@ -265,7 +289,8 @@ def preprocess(
         if not mask.any():
             raise ImageError(
                 "no object found: every pixel matches the background (alpha transparent, or within "
-                f"tolerance={tolerance} of the border colour); check the image or lower the tolerance"
+                f"{tolerance:g} of the border colour in every channel); the picture must show an object "
+                "on a plain background"
             )
         if not _has_transparency(rgba):  # background found by colour: paint it white as in training views
             gray = np.where(mask, gray, 1.0)

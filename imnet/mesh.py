@@ -88,8 +88,16 @@ def load_mesh(path: str | os.PathLike, *, max_faces: int = MAX_FACES) -> trimesh
     path = Path(path)
     if not path.is_file():
         raise MeshError(f"{path}: no such mesh file")
+    if path.suffix.lower() in _TEXT_SUFFIXES and _looks_binary(path):
+        # Said before trimesh tries: it would guess a text encoding for the bytes and fail with
+        # whatever that guess raises, which says nothing about the file.
+        raise MeshError(f"{path}: not a {path.suffix.lower()} mesh (the file holds binary data, and "
+                        f"{path.suffix.lower()} files are text); check that it is the file you meant")
     try:
         mesh = trimesh.load(path, force="mesh", process=False, skip_materials=True)
+    except ImportError as e:  # an optional dependency of one of trimesh's readers
+        raise MeshError(f"{path}: reading it needs the Python package {e.name or e}, which is not "
+                        "installed; install the pinned requirements (pip install -r requirements.txt)") from None
     except Exception as e:  # trimesh's loaders raise many types for broken files
         raise MeshError(f"{path}: unreadable mesh ({type(e).__name__}: {e})") from None
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
@@ -97,9 +105,23 @@ def load_mesh(path: str | os.PathLike, *, max_faces: int = MAX_FACES) -> trimesh
     if len(mesh.faces) > max_faces:
         raise MeshError(f"{path}: mesh has {len(mesh.faces)} triangles, more than max_faces={max_faces}")
     check_mesh(mesh, name=str(path))
-    if not has_surface(mesh) or np.ptp(mesh.vertices, axis=0).max() <= 0:
+    vertices = np.asarray(mesh.vertices)
+    if not has_surface(mesh) or not (vertices.max(axis=0) > vertices.min(axis=0)).any():
         raise MeshError(f"{path}: mesh is degenerate (zero area or zero extent)")
     return mesh
+
+
+# Formats that are text only (PLY, STL and glTF have binary forms).
+_TEXT_SUFFIXES = (".obj", ".off")
+# Bytes that never occur in a text file in any 8-bit or UTF-8 encoding (tab, newlines, form feed excepted).
+_CONTROL_BYTES = bytes([*range(0, 9), 11, *range(14, 32), 127])
+
+
+def _looks_binary(path: Path, sample: int = 1 << 16) -> bool:
+    """Whether the start of a file holds bytes no text mesh has (a Latin-1 or UTF-8 comment is text)."""
+    with open(path, "rb") as f:
+        head = f.read(sample)
+    return len(head.translate(None, _CONTROL_BYTES)) < len(head)
 
 
 def save_mesh(mesh: trimesh.Trimesh, path: str | os.PathLike, **export_options) -> Path:
@@ -149,7 +171,16 @@ def check_mesh(mesh: object, *, name: str = "mesh", surface: bool = True) -> tri
 
 def has_surface(mesh: trimesh.Trimesh) -> bool:
     """Whether the mesh has faces, finite vertices and a positive area (something to sample)."""
-    return len(mesh.faces) > 0 and bool(np.isfinite(mesh.vertices).all()) and bool(mesh.area > 0)
+    vertices = np.asarray(mesh.vertices, dtype=np.float64)
+    if len(mesh.faces) == 0 or not np.isfinite(vertices).all():
+        return False
+    # Measured on the vertices scaled to unit size: at coordinates near 1e300 (or 1e-300) the
+    # squared lengths in a plain area over- (under-) flow.
+    size = np.abs(vertices).max()
+    if size == 0:
+        return False
+    triangles = vertices[mesh.faces] / size
+    return bool(np.abs(np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])).max() > 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,10 +203,20 @@ def normalisation(bounds: np.ndarray) -> tuple[np.ndarray, float]:
     bounds = np.asarray(bounds, dtype=np.float64)
     if bounds.shape != (2, 3):
         raise ValueError(f"bounds must be [[xmin, ymin, zmin], [xmax, ymax, zmax]], got shape {bounds.shape}")
-    scale = float(np.linalg.norm(bounds[1] - bounds[0]))
-    if not np.isfinite(bounds).all() or not scale > 0:
-        raise MeshError(f"shape has zero or non-finite extent (bounds {bounds.tolist()})")
-    return bounds.mean(axis=0), scale
+    if not np.isfinite(bounds).all():
+        raise MeshError(f"shape has non-finite coordinates (bounds {bounds.tolist()})")
+    half = bounds[1] / 2 - bounds[0] / 2  # halves first: the full extent of +-1e308 overflows
+    size = np.abs(half).max()
+    if not size > 0:
+        raise MeshError(f"shape has zero extent (bounds {bounds.tolist()})")
+    with np.errstate(over="ignore", under="ignore"):
+        scale = float(np.linalg.norm(bounds[1] - bounds[0]))
+        if not (np.isfinite(scale) and scale > 0):  # squares over- or underflowed: measure at unit size
+            scale = float(2 * size * np.linalg.norm(half / size))
+    if not np.isfinite(scale):
+        raise MeshError(f"shape is too large to normalise: its bounding-box diagonal exceeds the float64 range "
+                        f"(bounds {bounds.tolist()}); scale the mesh down first")
+    return bounds[0] / 2 + bounds[1] / 2, scale
 
 
 def normalise(mesh: trimesh.Trimesh, centre: np.ndarray | None = None, scale: float | None = None) -> trimesh.Trimesh:

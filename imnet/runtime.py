@@ -46,6 +46,7 @@ class Runtime:
     device: torch.device
     precision: str  # "bf16" or "fp32", resolved for this device (imnet.precision)
     _lock: Any = field(default=None, repr=False)
+    _made: Path | None = field(default=None, repr=False)  # the outermost folder lock() had to create
 
     @classmethod
     def start(cls, device: str = "auto", precision: str = "auto") -> Runtime:
@@ -70,17 +71,33 @@ class Runtime:
         return self.rank == 0
 
     def stop(self) -> None:
-        """Leave the process group and release the run folder."""
+        """Leave the process group and release the run folder.
+
+        A folder that `lock` created and the run left empty (refused while reading its data, codes
+        or checkpoints) is removed again, so a run that never started leaves nothing behind."""
         if self._lock is not None:
+            lock_file = Path(self._lock.name).absolute()
+            unused = self._made is not None and [p.name for p in lock_file.parent.iterdir()] == [lock_file.name]
+            if unused:
+                lock_file.unlink()  # while still held: no other run can be using the folder
             self._lock.close()
             self._lock = None
+            folder = lock_file.parent
+            while unused:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty after all: another run's files arrived meanwhile
+                    break
+                unused, folder = folder != self._made, folder.parent
         if self.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
     def lock(self, out_dir: Path) -> None:
         """Hold the run folder for this run (process 0 only); see `lock_run_folder`."""
         if self.is_main:
+            missing = [p for p in (Path(out_dir).absolute(), *Path(out_dir).absolute().parents) if not p.exists()]
             self._lock = lock_run_folder(out_dir)
+            self._made = missing[-1] if missing else None
 
     # Several processes ---------------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from imnet.atomic import atomic_path, write_atomic
+from imnet.atomic import atomic_path, check_output_dir, write_atomic
 from imnet.checkpoint import load_model, load_weights_file, save_checkpoint
 from imnet.config import AEConfig, SVRConfig, config_to_dict, format_config
 from imnet.datafile import LEVELS, ShapeData
@@ -329,6 +329,10 @@ def extract_codes(
     Writes a `.npz` (see `imnet.datasets` for its keys): `train_codes` float32 [N, code_dim] and
     `train_names` for `data`, `val_codes` / `val_names` for `val_data` when given.
     """
+    try:
+        check_output_dir(Path(out).parent, option="--out", file=out)  # before the work, not after it
+    except ValueError as e:
+        raise SetupError(str(e)) from None
     runtime = _runtime(device, "fp32")  # codes are targets: computed once, in full precision
     model, _ = load_model(checkpoint, stage="ae")
     model.to(runtime.device).eval()  # batch norm with its running statistics
@@ -516,10 +520,9 @@ def _start(config: AEConfig | SVRConfig, stage: str) -> tuple[Runtime, RunLog]:
     runtime = _runtime(config.device, config.precision)
     out_dir = Path(config.out_dir)
     try:
-        if out_dir.exists() and not out_dir.is_dir():
-            raise SetupError(f"--out-dir {out_dir} is a file, not a folder")
+        check_output_dir(out_dir, option="--out-dir")  # a file, below a file, or not writable
         runtime.lock(out_dir)
-    except (RunFolderBusy, OSError) as e:
+    except (RunFolderBusy, OSError, ValueError) as e:
         runtime.stop()
         raise SetupError(str(e)) from None
     log = RunLog(out_dir, CSV_COLUMNS, enabled=runtime.is_main)

@@ -345,6 +345,10 @@ def test_page_end_to_end(app_url, browser, tmp_path):
     # A file that is not an image: a message in the page, and the app keeps serving.
     _upload(first, {"name": "notes.png", "mimeType": "image/png", "buffer": b"not an image"})
     first.get_by_text("notes.png: not an image Pillow can read").wait_for()
+    # ... and nothing of the earlier picture stays under the message, as if it were this one's.
+    assert not first.locator("#viewer canvas").count() or not _viewer_shows_a_model(first, timeout_ms=2_000)
+    assert first.locator("#download-obj").is_disabled()
+    assert not first.locator("#picture img").count()
     second.locator("#resolution input[type=number]").fill("32")
     second.locator("#resolution input[type=number]").blur()
     second.locator("#reconstruct").click()
@@ -357,3 +361,80 @@ def test_page_end_to_end(app_url, browser, tmp_path):
     second.get_by_text("images need an IM-SVR checkpoint (train.py svr)").wait_for()
 
     assert external == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Faults and bad input around the page
+
+
+def test_a_resolution_outside_the_slider_is_one_line(tiny_checkpoint, capsys):
+    assert main(["--checkpoint", str(tiny_checkpoint), "--resolution", "100000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "python app.py: error: --resolution must be in 16..512, got 100000"
+
+
+def test_an_error_clears_the_previous_pictures_results(tiny_checkpoint, tmp_path):
+    from app import build_app
+
+    demo = build_app({"chair": tiny_checkpoint}, device="cpu", default_resolution=32)
+    run = next(f.fn for f in demo.fns.values() if f.name == "run")
+    good = run(str(CHAIR_PHOTO), "chair", 32, 0.5, 0.0, 45.0, None)
+    session = good[-1]
+    assert good[2].endswith("chair_06_01.glb") and session.folder.is_dir() and good[0] is not None
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"not an image")
+    cleared = run(str(bad), "chair", 32, 0.5, 0.0, 45.0, session)
+    picture, network_input, viewer, relit, turntable, depth, normals, *downloads, status, new_session = cleared
+    assert (picture, network_input, viewer, relit, depth, normals, new_session) == (None,) * 7 and turntable == []
+    assert all(not button.interactive and button.value is None for button in downloads)
+    assert status.startswith("**Cannot reconstruct this picture**: notes.png: not an image")
+    assert not session.folder.exists()  # the earlier mesh files went with their session
+
+
+def test_sigterm_stops_the_app_and_removes_its_temporary_folder(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """`kill` (SIGTERM) stops the app as Ctrl-C does, while serving and while starting, and the
+    folder of every session's meshes goes with it."""
+    import os
+    import signal
+    import tempfile
+    import urllib.request
+
+    import app
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where build_app makes its folder
+    argv = ["--checkpoint", str(tiny_checkpoint), "--device", "cpu"]
+    port, seen, done = _free_port(), [], threading.Event()
+
+    def kill_once_served():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not done.is_set():
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        seen.extend(tmp_path.glob("imnet-app-*"))
+        if not done.is_set():  # only while main() runs
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def not_handled(signum, frame):  # in place of the default action, which would end the test process
+        raise pytest.fail.Exception("SIGTERM was not handled by the app")
+
+    before = signal.signal(signal.SIGTERM, not_handled)
+    killer = threading.Thread(target=kill_once_served, daemon=True)
+    try:
+        killer.start()
+        assert main([*argv, "--port", str(port)]) == 0  # serving: Gradio's own wait is interrupted
+        done.set()
+        killer.join()
+        assert len(seen) == 1 and not seen[0].exists()
+        assert capsys.readouterr().out.strip().endswith("python app.py: stopped")
+
+        # Stopped while the server was still starting, before Gradio waits for an interrupt itself.
+        monkeypatch.setattr(app, "launch", lambda *args, **kwargs: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(30)))
+        assert main(argv) == 0
+        assert not list(tmp_path.glob("imnet-app-*"))
+        assert signal.getsignal(signal.SIGTERM) is not_handled  # main() put the handler back
+    finally:
+        done.set()
+        signal.signal(signal.SIGTERM, before)

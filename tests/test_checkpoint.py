@@ -128,3 +128,15 @@ def test_stage_is_checked_and_the_message_names_the_right_one(tmp_path):
     assert load_model(svr)[1]["stage"] == "svr"  # stage=None takes either
     with pytest.raises(ValueError, match="stage must be one of"):
         load_model(svr, stage="SVR")
+
+
+def test_a_failed_atomic_write_names_the_output_and_leaves_nothing(tmp_path):
+    from imnet.atomic import atomic_path
+
+    out = tmp_path / "out.bin"
+    with pytest.raises(OSError) as error:
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(b"half")
+            raise OSError(28, "No space left on device", str(tmp))  # what a full disk raises mid-write
+    assert error.value.filename == str(out)  # the output the user named, not a hidden temporary name
+    assert not list(tmp_path.iterdir())

@@ -288,3 +288,179 @@ def test_a_turned_copy_prepared_with_its_axes_gives_the_same_voxels(tmp_path, ca
     # Prepared without its axes, the turned copy is another shape.
     wrong = pipeline.prepare_shape(sources.mesh_folder_sources(tmp_path / "turned")[0], DataPrepConfig(render=False))
     assert (wrong["voxels"] != a.voxels[0][..., None]).mean() > 0.01
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input and faults: each gives one line (or its reason in failures.csv) and no partial output
+
+
+def _fixture_chair_folder(root: Path, names: list[str]) -> Path:
+    """<root>/chair/<name> copies of the smallest fixture mesh (names with their suffix)."""
+    (root / "chair").mkdir(parents=True)
+    for name in names:
+        shutil.copy(SHAPENET / CHAIR / "models" / "model_normalized.obj", root / "chair" / name)
+    return root
+
+
+def test_meshes_sharing_a_stem_become_two_shapes_and_the_summary_counts_the_rows(tmp_path, capsys):
+    import trimesh
+
+    root = _fixture_chair_folder(tmp_path / "meshes", ["chair.obj", "other.obj"])
+    trimesh.load(root / "chair" / "chair.obj", force="mesh").export(root / "chair" / "chair.ply")
+    names = [s.name for s in sources.mesh_folder_sources(root)]
+    assert names == ["chair/chair.obj", "chair/chair.ply", "chair/other"]
+    out = tmp_path / "out"
+    assert data_prep_main(["meshes", str(root), "--out", str(out), "--no-render", "--workers", "1"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("3 shapes prepared, 0 already done, 0 failed")
+    assert line.endswith(f"wrote {out / 'chair_train.hdf5'} (2 shapes), {out / 'chair_test.hdf5'} (1 shape)")
+    written = [name for split in ("train", "test") for name in open_datafile(out / f"chair_{split}.hdf5").names]
+    assert sorted(written) == names
+    # Sources that would still collide are refused before any work, naming both files.
+    twice = [sources.ShapeSource("chair/a", "mesh", "x/a.obj"), sources.ShapeSource("chair/a", "mesh", "y/a.obj")]
+    with pytest.raises(ValueError, match="x/a.obj and y/a.obj would both be shape chair/a"):
+        pipeline.prepare(twice, DataPrepConfig(out_dir=str(tmp_path / "never"), render=False))
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_run_where_every_shape_fails_exits_1_and_says_nothing_was_written(tmp_path, capsys):
+    root = tmp_path / "meshes" / "chair"
+    root.mkdir(parents=True)
+    (root / "a.obj").write_text("v 0 0 0\nv 1 0 0\nv 2 0 0\nf 1 2 3\n")  # flat
+    (root / "b.off").write_bytes(bytes(range(256)) * 4)  # not a mesh
+    out = tmp_path / "out"
+    assert data_prep_main(["meshes", str(tmp_path / "meshes"), "--out", str(out), "--no-render", "--workers", "1"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.strip().endswith("2 failed in " + captured.out.split(" failed in ")[1].split(";")[0]
+                                         + "; nothing written: no shape could be prepared")
+    assert "chair/b: " in captured.err and "holds binary data" in captured.err
+    assert not list(out.glob("*.hdf5")) and (out / "failures.csv").is_file()
+
+
+def test_any_view_count_end_to_end(tmp_path, tiny_checkpoint, capsys):
+    """--views 4: the file records 4 views, training draws from them, reconstruct checks --view against them."""
+    from imnet.datasets import SVRDataset
+    from reconstruct import main as reconstruct_main
+
+    root = _fixture_chair_folder(tmp_path / "meshes", ["a.obj"])
+    out = tmp_path / "out"
+    assert data_prep_main(["meshes", str(root), "--out", str(out), "--views", "4", "--workers", "1"]) == 0
+    data = open_datafile(out / "chair_train.hdf5")
+    assert data.pixels.shape == (1, 4, 137, 137) and data.meta["cameras"].shape == (1, 4, 5)
+    assert len({data.pixels[0, v].tobytes() for v in range(4)}) == 4 and data.pixels[0, 3].min() < 160
+    import torch
+
+    torch.manual_seed(0)
+    dataset = SVRDataset(out / "chair_train.hdf5")
+    assert {dataset[0]["view"] for _ in range(100)} == {0, 1, 2, 3}
+    meshes = tmp_path / "meshes_out"
+    argv = ["--checkpoint", str(tiny_checkpoint), str(out / "chair_train.hdf5"), "-o", str(meshes), "--resolution", "16"]
+    assert reconstruct_main([*argv, "--view", "3"]) == 0
+    assert reconstruct_main([*argv, "--view", "4"]) == 2
+    assert "--view must be in 0..3, got 4" in capsys.readouterr().err
+    # 3D-R2N2 has 24 renderings per shape: more is refused before any work.
+    assert data_prep_main(["binvox", str(R2N2 / "ShapeNetVox32"), "--r2n2", str(R2N2 / "ShapeNetRendering"),
+                           "--views", "30", "--out", str(tmp_path / "r2n2")]) == 2
+    assert "3D-R2N2 rendered 24 views per shape" in capsys.readouterr().err
+    assert data_prep_main(["meshes", str(root), "--views", "0", "--out", str(tmp_path / "none")]) == 2
+    assert "--views must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "r2n2").exists() and not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--shard", "3/2"], "need 0 <= k < n"),
+    (["--split-file", "missing.json"], "split file missing.json must be JSON"),
+    (["--workers", "0"], "--workers must be at least 1"),
+])
+def test_bad_options_are_refused_before_any_folder_is_made(tmp_path, capsys, option, message):
+    out = tmp_path / "out"
+    assert data_prep_main(["synthetic", "--count", "1", "--out", str(out), "--no-render", *option]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("data_prep: error: ") and message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_an_output_path_below_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    root = _fixture_chair_folder(tmp_path / "meshes", ["a.obj"])
+    for out, message in ((tmp_path / "file" / "out", "cannot be created: "), (tmp_path / "file", "is not a folder")):
+        assert data_prep_main(["meshes", str(root), "--out", str(out), "--no-render", "--workers", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"data_prep: error: --out {out}") and message in err and "\n" not in err
+    assert data_prep_main(["merge", str(tmp_path), "--out", str(tmp_path / "file" / "x")]) == 2
+    assert (tmp_path / "file").read_text() == ""
+
+
+def test_huge_coordinates_get_their_true_reason_and_no_numpy_warning(tmp_path):
+    import trimesh
+
+    root = tmp_path / "meshes" / "chair"
+    root.mkdir(parents=True)
+    box = trimesh.creation.box(extents=(0.4, 0.3, 0.2))
+    box.export(root / "unit.obj")
+    big = box.copy()
+    big.vertices *= 1e30  # far from 1, still within float32: prepared like the unit box
+    big.export(root / "big.obj")
+    huge = box.copy()
+    huge.vertices *= 1e300
+    huge.export(root / "huge.obj")
+    config = DataPrepConfig(out_dir=str(tmp_path / "out"), render=False, train_fraction=1.0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's overflow warnings would fail the test
+        summary = pipeline.prepare(sources.mesh_folder_sources(tmp_path / "meshes", up="+z", front="+x"), config)
+    reasons = dict(summary.failed)
+    assert list(reasons) == ["chair/huge"]
+    assert "bounding-box diagonal is 5.39e+299" in reasons["chair/huge"] and "float32" in reasons["chair/huge"]
+    big, unit = (open_datafile(tmp_path / "out" / f"chair_{split}.hdf5") for split in ("train", "test"))
+    assert (big.names, unit.names) == (["chair/big"], ["chair/unit"])
+    np.testing.assert_array_equal(big.voxels[0], unit.voxels[0])
+    np.testing.assert_allclose(big.meta["scale"][0], 1e30 * unit.meta["scale"][0], rtol=1e-6)
+
+
+def _children(pid: int) -> set[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(c) for c in path.read_text().split()} if path.is_file() else set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"  # a zombie has exited
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux's /proc")
+def test_workers_exit_when_the_main_process_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = _fixture_chair_folder(tmp_path / "meshes", [f"c{i:02d}.obj" for i in range(40)])
+    out = tmp_path / "out"
+    main = subprocess.Popen([sys.executable, "-m", "data_prep", "meshes", str(root), "--out", str(out),
+                             "--no-render", "--workers", "2"], cwd=Path(__file__).parents[1],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((out / "shapes").glob("*/*.npz")):  # the workers are preparing shapes
+            assert main.poll() is None and time.monotonic() < deadline, "data_prep ended or never started work"
+            time.sleep(0.1)
+        children = _children(main.pid)
+        assert len(children) >= 2  # the workers (and multiprocessing's resource tracker)
+        os.kill(main.pid, signal.SIGKILL)
+        main.wait()
+        deadline = time.monotonic() + 5
+        while any(_alive(c) for c in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [c for c in children if _alive(c)], "worker processes outlived the main process"
+        done = len(list((out / "shapes").glob("*/*.npz")))
+        time.sleep(1)
+        assert len(list((out / "shapes").glob("*/*.npz"))) == done  # and nobody prepares shapes any more
+    finally:
+        if main.poll() is None:
+            main.kill()

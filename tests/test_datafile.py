@@ -222,3 +222,57 @@ def test_clear_errors_for_wrong_files(tmp_path):
             f.create_dataset(f"values_{level}", data=np.zeros((1, count, 1), np.uint8))
     with pytest.raises(ValueError, match="matches neither"):
         open_datafile(odd)
+
+
+def _tampered(path: Path, key: str, value: np.ndarray) -> Path:
+    """The file at `path` with dataset `key` replaced by `value` (as a careless converter might write it)."""
+    with h5py.File(path, "a") as f:
+        del f[key]
+        f.create_dataset(key, data=value)
+    return path
+
+
+@pytest.mark.parametrize(
+    "key, make, message",
+    [
+        ("points_16", lambda n: np.zeros((n, 4096, 2), np.uint8),
+         r"dataset 'points_16' has shape \[2, 4096, 2\], expected \[N, P, 3\]"),
+        ("values_64", lambda n: np.zeros((n, 4096, 1), np.uint8),
+         r"dataset 'values_64' has shape \[2, 4096, 1\], expected \[N, 16384, 1\]"),
+        ("values_32", lambda n: np.zeros((n - 1, 4096, 1), np.uint8),
+         r"dataset 'values_32' has 1 rows but 'voxels' has 2"),
+        ("voxels", lambda n: np.full((n, 64, 64, 64, 1), 0.5, np.float32),
+         r"dataset 'voxels' is float32, expected integers \(uint8\)"),
+        ("voxels", lambda n: np.full((n, 64, 64, 64, 1), 255, np.uint8),
+         r"dataset 'voxels' holds values from 255 to 255 in its first shape, expected 0..1 \(occupancy\)"),
+        ("pixels", lambda n: np.zeros((n, 0, 137, 137), np.uint8), r"dataset 'pixels' holds no views"),
+        ("pixels", lambda n: np.zeros((n, 24, 128, 128), np.uint8),
+         r"dataset 'pixels' has shape \[2, 24, 128, 128\], expected \[N, V, 137, 137\]"),
+        ("meta/centre", lambda n: np.zeros((n + 1, 3), np.float32),
+         r"dataset 'meta/centre' has shape \[3, 3\], expected \[2, 3\]"),
+        ("meta/cameras", lambda n: np.zeros((n, 4, 5), np.float32),
+         r"dataset 'meta/cameras' has shape \[2, 4, 5\], expected \[2, 24, 5\]"),
+    ],
+    ids=["points-2-columns", "values-fewer-points", "row-counts-differ", "float-voxels", "voxels-255",
+         "no-views", "views-not-137", "meta-rows", "cameras-views"],
+)
+def test_open_checks_every_dataset_and_names_the_wrong_one(tmp_path, records, key, make, message):
+    path = _tampered(write_datafile(tmp_path / "d.hdf5", records[:2], ["a/1", "a/2"]), key, make(2))
+    with pytest.raises(ValueError, match=message):
+        open_datafile(path)
+
+
+def test_any_number_of_views_round_trips_and_mixed_counts_are_refused(tmp_path, records):
+    few = [dict(r, pixels=r["pixels"][:4], cameras=r["cameras"][:4]) for r in records[:2]]
+    path = write_datafile(tmp_path / "four.hdf5", few, ["a/1", "a/2"])
+    with open_datafile(path) as data:
+        assert data.pixels.shape == (2, 4, 137, 137) and data.meta["cameras"].shape == (2, 4, 5)
+        np.testing.assert_array_equal(data.pixels[1, 3], records[1]["pixels"][3])
+    one = dict(records[0], pixels=records[0]["pixels"][:1], cameras=records[0]["cameras"][:1])
+    with open_datafile(write_datafile(tmp_path / "one.hdf5", [one], ["a/1"])) as data:
+        assert data.pixels.shape == (1, 1, 137, 137)
+    with pytest.raises(ValueError, match="shape 1 has 24 views but the file's first shape has 4"):
+        write_datafile(tmp_path / "mixed.hdf5", [few[0], records[1]], ["a/1", "a/2"])
+    with pytest.raises(ValueError, match=r"'cameras' has shape \(24, 5\), expected \(4, 5\)"):
+        write_datafile(tmp_path / "mixed.hdf5", [dict(few[0], cameras=records[0]["cameras"])], ["a/1"])
+    assert not (tmp_path / "mixed.hdf5").exists()

@@ -339,3 +339,27 @@ def test_published_md_lists_every_published_number_under_its_source():
         assert f"| {result.value:.3f} |" in sections[result.source], result
     for source, citation in published.CITATIONS.items():
         assert citation.split(",")[0] in sections[source]  # the first author named where the numbers are
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"this is a text file, not a mesh\n", "text.obj: mesh has no triangles"),
+    (b"v 0 0 0\nv 1 0 nan\nv 0 1 0\nv 0 0 1\nf 1 2 3\nf 1 2 4\nf 1 3 4\nf 2 3 4\n", "text.obj has 1 vertices with NaN"),
+    (bytes(range(256)) * 4, "text.obj: not a .obj mesh (the file holds binary data"),
+], ids=["text", "nan-vertex", "binary"])
+def test_metrics_of_an_unreadable_mesh_is_an_error_not_a_score(tmp_path, capsys, content, message):
+    bad, gt = tmp_path / "text.obj", tmp_path / "gt.obj"
+    bad.write_bytes(content)
+    trimesh.creation.box(extents=(0.5, 0.5, 0.5)).export(gt)
+    for argv in ([str(bad), str(gt)], [str(gt), str(bad)]):  # as prediction and as ground truth
+        assert message in _error(["metrics", *argv, *FAST], capsys)
+    assert capsys.readouterr().out == ""  # no scores printed
+
+
+def test_run_refuses_bad_resolutions_and_outputs_before_any_work(split, tiny_checkpoint, tmp_path, capsys):
+    run = ["run", "--checkpoint", str(tiny_checkpoint), "--data", str(split)]
+    out = tmp_path / "out"
+    assert "--resolution must be in 8..1024" in _error(run + ["--out", str(out), "--resolution", "100000"], capsys)
+    (tmp_path / "file").write_text("")
+    assert "is a file, not a folder" in _error(run + ["--out", str(tmp_path / "file" / "out")], capsys)
+    assert "exists and is not a folder" in _error(run + ["--out", str(tmp_path / "file")], capsys)
+    assert not out.exists() and (tmp_path / "file").read_text() == ""

@@ -130,3 +130,50 @@ def test_negative_axes_can_follow_their_option_on_the_command_line():
     assert axis_argv(["meshes", "in", "--up", "-y", "--front", "-z", "--out", "o"]) == [
         "meshes", "in", "--up=-y", "--front=-z", "--out", "o"]
     assert axis_argv(["--front=-x", "--out", "-z"]) == ["--front=-x", "--out", "-z"]  # other options untouched
+
+
+TETRAHEDRON_OFF = b"OFF\n4 4 0\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n3 0 1 2\n3 0 1 3\n3 0 2 3\n3 1 2 3\n"
+TETRAHEDRON_OBJ = b"v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 2 3\nf 1 2 4\nf 1 3 4\nf 2 3 4\n"
+
+
+@pytest.mark.parametrize("name, content", [
+    ("latin1.off", b"OFF\n# mod\xe8le de chaise, \xa9 atelier\n" + TETRAHEDRON_OFF[4:]),
+    ("latin1.obj", b"# export\xe9 par CAO\n" + TETRAHEDRON_OBJ),
+])
+def test_text_meshes_with_a_latin1_comment_are_read(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    mesh = load_mesh(path)  # needs charset_normalizer (pinned in requirements.txt): the bytes are not UTF-8
+    assert len(mesh.faces) == 4 and mesh.bounds.tolist() == [[0, 0, 0], [1, 1, 1]]
+
+
+def test_garbage_text_meshes_get_their_own_reason_and_a_missing_package_is_named(tmp_path, monkeypatch):
+    garbage = tmp_path / "garbage.off"
+    garbage.write_bytes(bytes(range(256)) * 8)
+    latin1 = tmp_path / "latin1.off"
+    latin1.write_bytes(b"OFF\n# mod\xe8le\n" + TETRAHEDRON_OFF[4:])
+    monkeypatch.setitem(__import__("sys").modules, "charset_normalizer", None)  # as if it were not installed
+    with pytest.raises(MeshError, match=r"garbage\.off: not a \.off mesh \(the file holds binary data") as error:
+        load_mesh(garbage)
+    assert "charset_normalizer" not in str(error.value)
+    with pytest.raises(MeshError, match="latin1.off: reading it needs the Python package charset_normalizer"):
+        load_mesh(latin1)
+
+
+def test_normalisation_of_extreme_coordinates_neither_overflows_nor_lies():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        centre, scale = normalisation(np.array([[-1e300, -1e300, 0.0], [1e300, 1e300, 0.0]]))
+        assert scale == pytest.approx(2e300 * np.sqrt(2)) and centre.tolist() == [0, 0, 0]
+        assert normalisation(np.array([[0.0] * 3, [3e-300, 4e-300, 0.0]]))[1] == pytest.approx(5e-300)
+        with pytest.raises(MeshError, match="too large to normalise: its bounding-box diagonal exceeds"):
+            normalisation(np.array([[-1.7e308] * 3, [1.7e308] * 3]))
+        with pytest.raises(MeshError, match="non-finite coordinates"):
+            normalisation(np.array([[0.0] * 3, [np.inf, 1.0, 1.0]]))
+        box = trimesh.creation.box()
+        box.vertices *= 1e300
+        from imnet.mesh import has_surface
+
+        assert has_surface(box)

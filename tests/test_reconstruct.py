@@ -149,4 +149,119 @@ def test_empty_field_warns_and_writes_nothing(tmp_path, capsys):
     assert len(caught) == 1  # one warning for one empty field
     assert not out.exists()
     printed = capsys.readouterr()
-    assert "0 meshes written" in printed.out and "no surface at level 0.5; no mesh written" in printed.err
+    assert "0 meshes written" in printed.out and "no surface at level 0.5; nothing written" in printed.err
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad output paths and inputs: one line, exit status, and nothing left behind
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """A folder this process cannot write in: a read-only one, or (for root, whom permissions do
+    not stop) /sys, which refuses even root."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        probe = folder / "probe"
+        try:
+            probe.touch()
+        except PermissionError:
+            yield folder
+            return
+        probe.unlink()
+        try:
+            Path("/sys/imnet-probe").mkdir()
+        except OSError:
+            yield Path("/sys")
+            return
+        Path("/sys/imnet-probe").rmdir()
+        pytest.skip("no folder here refuses writes")
+    finally:
+        folder.chmod(0o755)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("reconstruct.py: error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_an_unknown_output_extension_is_refused_not_made_a_folder(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "x.xyz"
+    assert run("--checkpoint", tiny_checkpoint, PHOTO, "-o", out) == 2
+    assert ".xyz is not a mesh format this program writes (obj, ply, off, stl, glb)" in _one_error_line(capsys)
+    both = tmp_path / "both.obj"
+    assert run("--checkpoint", tiny_checkpoint, PHOTO, R2N2_VIEW, "-o", both) == 2
+    assert "names one mesh file, but there are 2 inputs" in _one_error_line(capsys)
+    assert not out.exists() and not both.exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--save-input"]], ids=["mesh", "save-input"])
+def test_an_unwritable_output_folder_is_one_line(tiny_checkpoint, unwritable_dir, capsys, extra):
+    for out in (unwritable_dir / "chair.obj", unwritable_dir / "meshes"):
+        assert run("--checkpoint", tiny_checkpoint, PHOTO, "-o", out, "--resolution", 16, *extra) == 2
+        err = _one_error_line(capsys)
+        assert str(unwritable_dir) in err and ("no permission" in err or "not permitted" in err or "denied" in err)
+        assert not out.exists()
+
+
+def test_an_output_below_a_regular_file_is_one_line(tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    for out in (tmp_path / "file" / "chair.obj", tmp_path / "file" / "meshes"):
+        assert run("--checkpoint", tiny_checkpoint, PHOTO, "-o", out) == 2
+        assert f"cannot be created: {tmp_path / 'file'} is a file, not a folder" in _one_error_line(capsys)
+    assert (tmp_path / "file").read_text() == ""
+
+
+def test_a_disk_that_refuses_the_write_is_one_line(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    import imnet.mesh
+
+    def full_disk(mesh, path, **options):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(imnet.mesh, "save_mesh", full_disk)
+    out = tmp_path / "chair.obj"
+    assert run("--checkpoint", tiny_checkpoint, PHOTO, "-o", out, "--resolution", 16) == 2
+    assert _one_error_line(capsys) == f"reconstruct.py: error: {out}: No space left on device"
+    assert not out.exists()
+
+
+def test_huge_pictures_are_refused_from_their_header_like_in_the_app(tiny_checkpoint, tmp_path, capsys):
+    import warnings
+
+    from imnet.images import MAX_MEGAPIXELS
+
+    folder = tmp_path / "huge"
+    folder.mkdir()
+    # 1-bit, so the files are small: only their headers are read. 144 MP is where Pillow warns, 200 MP
+    # where it refuses to open; both get this program's own message.
+    Image.new("1", (12000, 12000), 1).save(folder / "a.png")
+    Image.new("1", (20000, 10000), 1).save(folder / "b.png")
+    out = tmp_path / "meshes"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning from Pillow
+        assert run("--checkpoint", tiny_checkpoint, folder, "-o", out) == 1
+    err = capsys.readouterr().err
+    assert MAX_MEGAPIXELS == 40  # the app's limit too (tests/test_app.py)
+    assert "a: " in err and "12000x12000 is 144.0 megapixels, more than the 40 accepted" in err
+    assert "b: " in err and "far larger than 40 megapixels" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_faint_object_needs_a_lower_background_tolerance(tiny_checkpoint, tmp_path, capsys):
+    faint = np.full((200, 200, 3), 255, np.uint8)
+    faint[60:140, 70:130] = 240  # differs from the white border by 0.06 per channel
+    Image.fromarray(faint).save(tmp_path / "faint.png")
+    out = tmp_path / "meshes"
+    assert run("--checkpoint", tiny_checkpoint, tmp_path / "faint.png", "-o", out, "--resolution", 16) == 1
+    err = capsys.readouterr().err
+    assert "no object found" in err and "lower the tolerance" not in err  # no advice naming an option the app lacks
+    assert not out.exists()  # no empty folder either
+    assert run("--checkpoint", tiny_checkpoint, tmp_path / "faint.png", "-o", out, "--resolution", 16,
+               "--background-tolerance", "0.03", "--save-input") == 0
+    seen = np.asarray(Image.open(out / "faint_input.png"))
+    assert seen.min() == 240 and seen[0, 0] == 255  # the object was found and kept
+    assert run("--checkpoint", tiny_checkpoint, PHOTO, "--background-tolerance", "1.5") == 2
+    assert "--background-tolerance must be in [0, 1)" in _one_error_line(capsys)

@@ -408,6 +408,50 @@ def test_cli_missing_data_file_is_one_line_and_exit_code_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "missing.h5" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # the run folder is made for the run, and it never started
+
+
+def test_cli_runs_refused_at_setup_leave_no_folder_behind(shapes_file, ae_run, tmp_path, capsys):
+    cli = load_train_cli()
+
+    def refused(argv: list[str]) -> str:
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        return err
+
+    import shutil
+
+    import h5py
+
+    # A data file with 2-column points (issue 13), found wrong after the run folder was locked: the
+    # message names the dataset, and the folders made for the run go again...
+    tampered = shutil.copy(shapes_file, tmp_path / "tampered.hdf5")
+    with h5py.File(tampered, "a") as f:
+        del f["points_16"]
+        f.create_dataset("points_16", data=np.zeros((N_SHAPES, 4096, 2), np.uint8))
+    err = refused(["ae", "--data", str(tampered), "--out-dir", str(tmp_path / "runs" / "a" / "ae")])
+    assert "cannot read the training data" in err and "'points_16' has shape [8, 4096, 2], expected [N, P, 3]" in err
+    assert not (tmp_path / "runs").exists()
+    bad = tmp_path / "bad.hdf5"
+    bad.write_bytes(b"not an HDF5 file")
+    codes = tmp_path / "codes.npz"
+    assert cli.main(["codes", "--checkpoint", str(ae_run / "best.pt"), "--data", str(shapes_file), "--out", str(codes)]) == 0
+    assert f"{bad} is not a codes file" in refused(["svr", "--data", str(shapes_file), "--ae-checkpoint", str(ae_run / "best.pt"),
+                               "--codes", str(bad), "--out-dir", str(tmp_path / "svr")])
+    assert not (tmp_path / "svr").exists()
+    # ... a folder that was there before stays.
+    (tmp_path / "kept").mkdir()
+    refused(["ae", "--data", str(bad), "--out-dir", str(tmp_path / "kept")])
+    assert (tmp_path / "kept").is_dir() and not {"metrics.csv", "last.pt"} & {p.name for p in (tmp_path / "kept").iterdir()}
+    # Outputs below a regular file: one line before any work.
+    (tmp_path / "file").write_text("")
+    err = refused(["ae", "--data", str(shapes_file), "--out-dir", str(tmp_path / "file" / "run")])
+    assert f"--out-dir {tmp_path / 'file' / 'run'} cannot be created: {tmp_path / 'file'} is a file, not a folder" in err
+    err = refused(["codes", "--checkpoint", str(ae_run / "best.pt"), "--data", str(shapes_file),
+                   "--out", str(tmp_path / "file" / "codes.npz")])
+    assert f"cannot be created: {tmp_path / 'file'} is a file, not a folder" in err
+    assert (tmp_path / "file").read_text() == ""
 
 
 def test_cli_wrong_checkpoint_is_one_line_and_exit_code_2(shapes_file, ae_run, tmp_path, capsys):
