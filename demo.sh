@@ -40,7 +40,7 @@ $PY reconstruct.py --checkpoint "$OUT/svr/best.pt" tests/data/real_photos --reso
 
 step "6/6 evaluate against the ground truth, beside the retrieval baseline"
 $PY -m eval run --checkpoint "$OUT/svr/best.pt" --data "$TEST" --train-data "$TRAIN" --out "$OUT/eval" \
-    --resolution 128 --points 50000 --surface-points 50000
+    --resolution 128 --points 30000 --surface-points 30000
 
 step "done"
 cat <<EOF
