@@ -108,8 +108,8 @@ def train_svr(out: Path, ae: Path, codes: Path, train: Path, test: Path, scale: 
 
 def evaluate(svr: Path, train: Path, test: Path, out: Path, device: str) -> tuple[dict, float]:
     seconds = run([sys.executable, "-m", "eval", "run", "--checkpoint", str(svr / "last.pt"), "--data", str(test),
-                   "--train-data", str(train), "--out", str(out), "--resolution", "128", "--points", "50000",
-                   "--surface-points", "50000", "--no-html", "--device", device], out.with_suffix(".log"))
+                   "--train-data", str(train), "--out", str(out), "--resolution", "128", "--points", "30000",
+                   "--surface-points", "30000", "--no-html", "--device", device], out.with_suffix(".log"))
     summary = json.loads((out / "summary.json").read_text())
     return summary, seconds
 
