@@ -30,14 +30,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from scipy.special import expit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from imnet.binvox import read_binvox  # noqa: E402
-from imnet.extract import certified_grid, coarse_to_fine_grid, dense_grid, grid_to_mesh  # noqa: E402
+from imnet.extract import certified_grid, coarse_to_fine_grid, dense_grid, floor_points, grid_to_mesh  # noqa: E402
 
 DATA = ROOT / "tests/data"
 
@@ -119,7 +118,7 @@ def fitted_decoder_field(path: Path, precision: str = "fp32"):
 
 def surface_floor(occupied: np.ndarray) -> int:
     """Grid points that are a corner of a cell the surface crosses (padding counted as outside)."""
-    return int(surface_mask(occupied).sum())
+    return int(floor_points(occupied).sum())
 
 
 def bench_field(field, resolutions, max_dense_points) -> dict:
@@ -187,7 +186,7 @@ def bf16_flips(make_field, points_count: int) -> dict:
 
     fp32 = make_field("fp32")
     values, _ = certified_grid(fp32, 128)
-    near = np.argwhere(surface_mask(values > 0.5))
+    near = np.argwhere(floor_points(values > 0.5))
     if not len(near):
         return {"points": 0, "where": "no surface at level 0.5: nothing to measure"}
     rng = np.random.default_rng(0)
@@ -215,13 +214,6 @@ def bf16_flips(make_field, points_count: int) -> dict:
     }
 
 
-def surface_mask(occupied: np.ndarray) -> np.ndarray:
-    cells = sliding_window_view(np.pad(occupied, 1), (2, 2, 2))
-    crossed = cells.any(axis=(-3, -2, -1)) & ~cells.all(axis=(-3, -2, -1))
-    corner = np.zeros(np.array(occupied.shape) + 2, dtype=bool)
-    for dx, dy, dz in np.ndindex(2, 2, 2):
-        corner[dx : dx + crossed.shape[0], dy : dy + crossed.shape[1], dz : dz + crossed.shape[2]] |= crossed
-    return corner[1:-1, 1:-1, 1:-1]
 
 
 def decoder_throughput(field, n: int = 20000) -> float:

@@ -58,6 +58,8 @@ __all__ = [
     "ExtractionStats",
     "dense_grid",
     "coarse_to_fine_grid",
+    "certified_grid",
+    "floor_points",
     "grid_to_mesh",
     "extract_mesh",
 ]
@@ -303,6 +305,24 @@ def certified_grid(
         evaluations_per_stage=dict(sampling.evaluations_per_stage),
     )
     return values, stats
+
+
+def floor_points(occupied: np.ndarray) -> np.ndarray:
+    """The grid points any exact sampler must evaluate: every corner of a cell the surface crosses.
+
+    Args:
+        occupied: bool [X, Y, Z], the thresholded grid (padding beyond it counts as outside, as in
+            marching cubes).
+
+    Returns:
+        bool [X, Y, Z]; its sum is the "floor" that sampling schemes are compared with.
+    """
+    cells = np.lib.stride_tricks.sliding_window_view(np.pad(occupied, 1), (2, 2, 2))
+    crossed = cells.any(axis=(-3, -2, -1)) & ~cells.all(axis=(-3, -2, -1))
+    corner = np.zeros(np.array(occupied.shape) + 2, dtype=bool)
+    for dx, dy, dz in np.ndindex(2, 2, 2):
+        corner[dx : dx + crossed.shape[0], dy : dy + crossed.shape[1], dz : dz + crossed.shape[2]] |= crossed
+    return corner[1:-1, 1:-1, 1:-1]
 
 
 def grid_to_mesh(

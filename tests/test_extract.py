@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from numpy.lib.stride_tricks import sliding_window_view
 from scipy.ndimage import map_coordinates
 from scipy.special import expit
 
 from imnet.binvox import read_binvox
 from imnet.checkpoint import load_model
-from imnet.extract import certified_grid, coarse_to_fine_grid, dense_grid, extract_mesh, grid_to_mesh
+from imnet.extract import certified_grid, coarse_to_fine_grid, dense_grid, extract_mesh, floor_points, grid_to_mesh
 
 DATA = Path(__file__).parent / "data"
 AIRPLANE_BINVOX = (
@@ -69,14 +68,6 @@ def cell_centres(resolution):
     return (np.arange(resolution) + 0.5) / resolution - 0.5
 
 
-def near_surface(occupied):
-    """Grid points that are a corner of a cell the surface crosses (padding counted as outside)."""
-    cells = sliding_window_view(np.pad(occupied, 1), (2, 2, 2))
-    crossed = cells.any(axis=(-3, -2, -1)) & ~cells.all(axis=(-3, -2, -1))
-    corner = np.zeros(np.array(occupied.shape) + 2, dtype=bool)
-    for dx, dy, dz in np.ndindex(2, 2, 2):
-        corner[dx : dx + crossed.shape[0], dy : dy + crossed.shape[1], dz : dz + crossed.shape[2]] |= crossed
-    return corner[1:-1, 1:-1, 1:-1]
 
 
 def test_dense_grid_samples_cell_centres():
@@ -100,7 +91,7 @@ def test_coarse_to_fine_equals_dense(shape, resolution):
     assert values.shape == dense.shape and values.dtype == np.float32
     np.testing.assert_array_equal(values > 0.5, dense > 0.5)
     # Marching cubes sees only evaluated values where the surface is, so the meshes are the same.
-    surface = near_surface(dense > 0.5)
+    surface = floor_points(dense > 0.5)
     np.testing.assert_array_equal(values[surface], dense[surface])
     mesh, reference = grid_to_mesh(values), grid_to_mesh(dense)
     np.testing.assert_array_equal(mesh.vertices, reference.vertices)
@@ -332,7 +323,7 @@ def assert_same_as_dense(values, dense, level=0.5, rtol=0.0):
     """Same occupancy, same values where the surface is, same mesh. ``rtol``: a decoder's float32
     result may differ in its last bit with the batch a point is evaluated in."""
     np.testing.assert_array_equal(values > level, dense > level)
-    surface = near_surface(dense > level)
+    surface = floor_points(dense > level)
     np.testing.assert_allclose(values[surface], dense[surface], rtol=rtol, atol=0)
     mesh, reference = grid_to_mesh(values, level=level), grid_to_mesh(dense, level=level)
     np.testing.assert_allclose(mesh.vertices, reference.vertices, rtol=0, atol=1e-6 if rtol else 0)
@@ -416,3 +407,14 @@ def test_bf16_field_runs_and_refines_near_the_level_in_fp32():
     np.testing.assert_array_equal(bf16[near], fp32[near])
     assert np.abs(bf16 - fp32).max() < 0.02
     np.testing.assert_array_equal(bf16 > level, fp32 > level)
+
+
+def test_floor_points_are_the_corners_of_crossed_cells():
+    one = np.zeros((5, 5, 5), bool)
+    one[2, 2, 2] = True  # a single inside point: the 27 points around it share a crossed cell with it
+    expected = np.zeros_like(one)
+    expected[1:4, 1:4, 1:4] = True
+    np.testing.assert_array_equal(floor_points(one), expected)
+    full = np.ones((4, 4, 4), bool)  # the padding outside makes the whole border a surface
+    assert floor_points(full).sum() == 4**3 - 2**3
+    assert not floor_points(np.zeros((4, 4, 4), bool)).any()
