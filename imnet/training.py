@@ -228,11 +228,10 @@ def train_ae(config: AEConfig, resume: bool = False, stop_after_epochs: int | No
                 if stop:
                     return _summary(runtime, log, model, progress, "ae", losses, stopped_early=True)
 
-        diagnostics = {}
+        diagnostics = None
         if val_data is not None and config.final_val_resolution:
             diagnostics = validate_ae(model, val_data, runtime, config.final_val_resolution, config.final_val_shapes,
                                       train_data=train_data, previews=False)
-            _write_diagnostics(runtime, log, "ae", diagnostics)
         return _summary(runtime, log, model, progress, "ae", losses, diagnostics=diagnostics)
     finally:
         log.close()
@@ -434,11 +433,7 @@ def train_svr(config: SVRConfig, resume: bool = False, stop_after_epochs: int | 
                        time.perf_counter() - epoch_start, force_checkpoint=stop or last)
             if stop:
                 return _summary(runtime, log, model, progress, "svr", losses, stopped_early=True)
-        diagnostics = {}
-        if val is not None:
-            diagnostics = {k: v for k, v in val.items() if k != "previews"}
-            _write_diagnostics(runtime, log, "svr", diagnostics)
-        return _summary(runtime, log, model, progress, "svr", losses, diagnostics=diagnostics)
+        return _summary(runtime, log, model, progress, "svr", losses, diagnostics=val)  # the last validation
     finally:
         log.close()
         runtime.stop()
@@ -671,15 +666,13 @@ def _checkpoint(runtime, log, model: IMNet, optimizer, progress: Progress, confi
         log.written.add(Path(config.out_dir) / name)
 
 
-def _write_diagnostics(runtime: Runtime, log: RunLog, stage: str, diagnostics: dict) -> None:
-    if runtime.is_main:
-        path = log.out_dir / "diagnostics.json"
-        plain = {k: v for k, v in diagnostics.items() if k != "previews"}
-        write_atomic(path, json.dumps({"stage": stage, **plain}, indent=2) + "\n")
-        log.written.add(path)
-
-
 def _summary(runtime, log, model, progress, stage, losses, diagnostics=None, stopped_early=False) -> RunSummary:
+    """The run's summary; with `diagnostics` (a final validation), also writes diagnostics.json."""
+    diagnostics = {k: v for k, v in (diagnostics or {}).items() if k != "previews"}
+    if diagnostics and runtime.is_main:
+        path = log.out_dir / "diagnostics.json"
+        write_atomic(path, json.dumps({"stage": stage, **diagnostics}, indent=2) + "\n")
+        log.written.add(path)
     if runtime.world_size > 1:
         digest = runtime.parameters_in_sync(model)
         if runtime.is_main:
@@ -690,7 +683,7 @@ def _summary(runtime, log, model, progress, stage, losses, diagnostics=None, sto
         epochs=progress.epoch,
         train_loss=float(np.mean(losses)) if losses else math.nan,
         best_iou=progress.best_iou if progress.best_iou >= 0 else None,
-        diagnostics={k: v for k, v in (diagnostics or {}).items() if k != "previews"},
+        diagnostics=diagnostics,
         written=sorted(log.written),
         stopped_early=stopped_early,
     )
