@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voxel-norm", choices=["batch", "instance", "none"], help=f"voxel encoder normalisation (default {model.voxel_norm})")
     p.add_argument("--point-octaves", type=int, help=f"Fourier feature octaves of the query point; 0: raw coordinates (paper) "
                    f"(default {model.point_octaves})")
-    p.add_argument("--point-scale", type=float, help="with --point-octaves 0: the decoder sees this times the point "
+    p.add_argument("--point-scale", type=float, help="with --point-octaves 0 only: the decoder sees this times the point "
                    f"(default {model.point_scale}; the paper: 1)")
     p.add_argument("--code-activation", choices=["none", "sigmoid"], help=f"shape code activation; sigmoid is the paper's "
                    f"(default {model.code_activation})")

@@ -79,6 +79,7 @@ from scipy.spatial import cKDTree
 from trimesh.ray.ray_util import contains_points
 
 from imnet.mesh import check_mesh, has_surface
+from imnet.sampling import indices_to_coords
 
 __all__ = [
     "inside_mesh", "grid_centres",
@@ -238,8 +239,8 @@ def inside_mesh(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
 
 
 def grid_centres(resolution: int) -> np.ndarray:
-    """Cell centres of a resolution^3 grid over [-0.5, 0.5]^3: float [R^3, 3], x slowest."""
-    axis = (np.arange(resolution) + 0.5) / resolution - 0.5
+    """Cell centres of a resolution^3 grid over [-0.5, 0.5]^3: float32 [R^3, 3], x slowest."""
+    axis = indices_to_coords(np.arange(resolution), resolution)  # the one cell-centre convention
     return np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
 
 

@@ -158,6 +158,9 @@ class PointEncoding(nn.Module):
         super().__init__()
         if octaves < 0 or not scale > 0:
             raise ValueError(f"octaves must be >= 0 and scale > 0, got {octaves} and {scale}")
+        if octaves and scale != 1.0:
+            raise ValueError(f"a point scale ({scale:g}) applies to raw coordinates only; with {octaves} Fourier "
+                             "octaves leave it at 1, or use point_octaves 0 (--point-octaves 0 --point-scale S)")
         self.octaves = octaves
         self.scale = float(scale)
         self.register_buffer("frequencies", math.pi * 2.0 ** torch.arange(octaves, dtype=torch.float32), persistent=False)

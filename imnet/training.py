@@ -64,7 +64,7 @@ from imnet.datafile import LEVELS, ShapeData
 from imnet.datasets import AEDataset, SVRDataset, load_shapes, read_codes
 from imnet.diagnostics import code_error, code_statistics, identification
 from imnet.extract import coarse_to_fine_grid
-from imnet.model import CODE_BOUNDS, IMNet
+from imnet.model import CODE_BOUNDS, IMNet, PointEncoding
 from imnet.precision import autocast
 from imnet.progress import progress
 from imnet.runlog import RunLog, preview_image
@@ -300,6 +300,10 @@ def _check_ae_config(config: AEConfig) -> None:
         raise SetupError(f"uniform_fraction must be in [0, 1), got {config.uniform_fraction}")
     if config.loss not in ("bce", "mse"):
         raise SetupError(f"loss must be 'bce' or 'mse', got {config.loss!r}")
+    try:
+        PointEncoding(config.model.point_octaves, config.model.point_scale)  # the model's own check, before any work
+    except ValueError as e:
+        raise SetupError(str(e)) from None
     for name in ("final_val_resolution",):
         value = getattr(config, name)
         if value and (value < 1 or 64 % value):

@@ -42,6 +42,12 @@ def test_image_encoder_maps_128_gray_images_to_standardised_codes():
     assert ((paper > 0) & (paper < 1)).all()
 
 
+def test_point_scale_with_fourier_octaves_is_refused():
+    with pytest.raises(ValueError, match="applies to raw coordinates only"):
+        PointEncoding(octaves=4, scale=8.0)
+    assert PointEncoding(octaves=0, scale=8.0)(torch.ones(1, 3)).tolist() == [[8.0, 8.0, 8.0]]
+
+
 def test_point_encoding_is_fourier_features():
     encoding = PointEncoding(octaves=2)
     p = torch.tensor([[0.25, -0.5, 0.0]])

@@ -220,13 +220,12 @@ def one_thread():
 def test_ae_overfits_8_generated_shapes(shapes_file, tmp_path, one_thread):
     """The whole IM-AE loop learns: IoU >= 0.7 on the exact 32^3 lattice of the shapes it was trained on.
 
-    Fourier point features (`point_octaves`) let this small decoder memorise detail in 150 epochs
-    (0.76 measured; the default plain coordinates plateau near 0.64 here); an untrained or broken
-    loop scores about 0."""
+    With the default Fourier point features this small decoder memorises detail in 150 epochs (0.76
+    measured; point scale 8 without them plateaus near 0.64 here); an untrained or broken loop
+    scores about 0."""
     config = AEConfig(
         data=str(shapes_file), val_data=str(shapes_file), out_dir=str(tmp_path),
-        model=ModelConfig(code_dim=32, decoder_widths=(128, 64, 32), voxel_channels=(2, 4, 8, 16), voxel_norm="none",
-                          point_octaves=4),
+        model=ModelConfig(code_dim=32, decoder_widths=(128, 64, 32), voxel_channels=(2, 4, 8, 16), voxel_norm="none"),
         levels=(16, 32), epochs=(20, 130), batch_shapes=4, points_per_shape=512, lr=3e-3,
         device="cpu", val_every=50, val_resolution=32, final_val_resolution=0, checkpoint_every=1000,
     )
@@ -432,6 +431,10 @@ def test_cli_runs_refused_at_setup_leave_no_folder_behind(shapes_file, ae_run, t
         f.create_dataset("points_16", data=np.zeros((N_SHAPES, 4096, 2), np.uint8))
     err = refused(["ae", "--data", str(tampered), "--out-dir", str(tmp_path / "runs" / "a" / "ae")])
     assert "cannot read the training data" in err and "'points_16' has shape [8, 4096, 2], expected [N, P, 3]" in err
+    assert not (tmp_path / "runs").exists()
+    # A point scale the default Fourier encoding would silently ignore.
+    err = refused(["ae", "--data", str(shapes_file), "--point-scale", "8", "--out-dir", str(tmp_path / "runs" / "s")])
+    assert "applies to raw coordinates only" in err and "--point-octaves 0" in err
     assert not (tmp_path / "runs").exists()
     bad = tmp_path / "bad.hdf5"
     bad.write_bytes(b"not an HDF5 file")
