@@ -58,7 +58,7 @@ ABLATIONS = {
     "svr_default": ("svr", []),
     "svr_augment": ("svr", ["--augment"]),
     "svr_occupancy_loss": ("svr", ["--occupancy-weight", "1"]),
-    "svr_progressive_resizing": ("svr", ["--low-res-fraction", "0.75"]),
+    "svr_image_size_128": ("svr", ["--image-size", "128"]),
     "svr_32_images_per_step": ("svr", ["--batch-shapes", "32"]),
 }
 

@@ -333,6 +333,12 @@ class ImageWriter:
     def __init__(self, out_dir: Path):
         self.folder = Path(out_dir) / "images"
         self.rendering = True
+        self._renderer = None  # one OpenGL context for the whole report: making one costs more than a render
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
 
     def write(
         self,
@@ -360,10 +366,12 @@ class ImageWriter:
         return paths
 
     def _render(self, mesh: trimesh.Trimesh, camera: View, color, name: str) -> np.ndarray | None:
-        from imnet.render import render_rgb
+        from imnet.render import Renderer
 
         try:
-            picture = render_rgb(mesh, camera, VIEW_SIZE, color=color)
+            if self._renderer is None:
+                self._renderer = Renderer(VIEW_SIZE)
+            picture = self._renderer.shaded(mesh, camera.camera()[None], color=color)[0]
         except Exception as e:  # no EGL / OpenGL here: still worth a report with the numbers
             warnings.warn(f"rendering failed ({type(e).__name__}: {e}) at {name}; report.html has no renders", stacklevel=2)
             self.rendering = False

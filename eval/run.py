@@ -411,6 +411,8 @@ def evaluate(config: EvalConfig) -> EvalResult:
             rows.append(row)
             bar.set_postfix(iou=f"{np.nanmean([r['iou'] for r in rows]):.3f}")
         bar.close()
+        if images is not None:
+            images.close()
 
     run_info = {
         "data": str(config.data),

@@ -117,7 +117,8 @@ def load_model(
     if stage is not None and checkpoint.get("stage") != stage:
         raise CheckpointError(_wrong_stage(path, checkpoint.get("stage"), stage))
     try:
-        config = config_from_dict(ModelConfig, checkpoint["model_config"])
+        # Checkpoints written before `image_size` existed ran the ResNet on the 128x128 input.
+        config = config_from_dict(ModelConfig, {"image_size": 128, **checkpoint["model_config"]})
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: unusable model_config: {e}") from None
     if expected is not None and config != expected:

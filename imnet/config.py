@@ -42,11 +42,12 @@ class ModelConfig:
     code_activation: str = "none"  # "none" (linear codes) or "sigmoid" (paper)
     voxel_channels: tuple[int, ...] = (32, 64, 128, 256)
     voxel_norm: str = "none"  # "none", "batch" (paper) or "instance" (later release); at 4 shapes per step none measured best
+    image_size: int = 64  # the ResNet sees the 128x128 view area-averaged to this side (paper: 128); set by IM-SVR
 
     @classmethod
     def paper(cls) -> "ModelConfig":
         """The architecture of Chen & Zhang (CVPR 2019) as published."""
-        return cls(point_octaves=0, decoder_init="imnet", code_activation="sigmoid", voxel_norm="batch")
+        return cls(point_octaves=0, decoder_init="imnet", code_activation="sigmoid", voxel_norm="batch", image_size=128)
 
 
 @dataclass
@@ -62,6 +63,7 @@ class AEConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     levels: tuple[int, ...] = (16, 32, 64)
     epochs: tuple[int, ...] = (10, 20, 70)  # one entry per level
+    minutes: float = 0.0  # > 0: train for this wall time instead; the levels get the shares `epochs` gives them
     batch_shapes: int = 4  # shapes per step (per process under DDP)
     points_per_shape: int = 512  # random subset per shape and step; 0: all points of the level
     uniform_fraction: float = 0.25  # share of those points drawn from the coarse level-16 set at levels 32/64
@@ -99,12 +101,13 @@ class SVRConfig:
     codes: str = ""  # .npz of the AE's codes of the data (and val_data) shapes, from `train.py codes`
     out_dir: str = "runs/svr"
     epochs: int = 100
+    minutes: float = 0.0  # > 0: train for this wall time instead of `epochs`
+    image_size: int = 64  # the ResNet's input side (ModelConfig.image_size of the SVR model); paper: 128
     batch_shapes: int = 16
     lr: float = 1e-3
     beta1: float = 0.9
     warmup: float = 0.05
     schedule: str = "cosine"
-    low_res_fraction: float = 0.0  # share of the steps on 64x64 downscaled views (progressive resizing)
     occupancy_weight: float = 0.0  # weight of a BCE loss through the frozen decoder beside the code MSE
     occupancy_points: int = 512  # near-surface points per shape for that loss
     pretrained_image_encoder: str = ""  # local path to ImageNet ResNet-18 weights (never downloaded)
@@ -123,7 +126,7 @@ class SVRConfig:
     @classmethod
     def paper(cls, **changes) -> "SVRConfig":
         """The paper's IM-SVR settings: code MSE on full-size views, Adam 5e-5 / beta1 0.5, constant rate."""
-        base = dict(batch_shapes=32, lr=5e-5, beta1=0.5, warmup=0.0, schedule="constant")
+        base = dict(image_size=128, batch_shapes=32, lr=5e-5, beta1=0.5, warmup=0.0, schedule="constant")
         return cls(**{**base, **changes})
 
 

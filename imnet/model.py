@@ -91,19 +91,23 @@ class ImageEncoder(nn.Module):
     """torchvision's ResNet-18 on one grayscale channel, with a code-sized head.
 
     [B, 1, 128, 128] (pixels / 255, object dark on white) -> [B, code_dim], with the same
-    `code_activation` as the AE codes it regresses. Being fully convolutional up to its global
-    average pool, it also takes smaller images (IM-SVR trains on 64x64 first; see imnet.training).
-    torchvision initialises the ResNet (Kaiming convolutions, unit batch norm).
+    `code_activation` as the AE codes it regresses. The ResNet works at `image_size`: a larger
+    input is first area-averaged down to it (the paper: 128, the input itself; our default 64,
+    which trains twice as many steps per CPU minute and measured better at equal time, see
+    docs/training.md). torchvision initialises the ResNet (Kaiming convolutions, unit batch norm).
     """
 
-    def __init__(self, code_dim: int = 128, code_activation: str = "none"):
+    def __init__(self, code_dim: int = 128, code_activation: str = "none", image_size: int = 128):
         super().__init__()
         if code_activation not in CODE_ACTIVATIONS:
             raise ValueError(f"code_activation must be one of {sorted(CODE_ACTIVATIONS)}, got {code_activation!r}")
+        if not 32 <= image_size <= 128:
+            raise ValueError(f"image_size must be in 32..128 (the ResNet's input side), got {image_size}")
         self.net = torchvision.models.resnet18(weights=None, num_classes=code_dim)
         self.net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(self.net.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision's
         self.code_activation = code_activation
+        self.image_size = image_size
         # Linear codes are regressed standardised: code = code_mean + code_scale * net(image).
         self.register_buffer("code_mean", torch.zeros(code_dim))
         self.register_buffer("code_scale", torch.ones(code_dim))
@@ -137,6 +141,8 @@ class ImageEncoder(nn.Module):
             )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] > self.image_size or images.shape[-2] > self.image_size:
+            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="area")
         raw = self.net(images)
         if self.code_activation == "none":
             return self.code_mean + self.code_scale * raw
@@ -291,7 +297,7 @@ class IMNet(nn.Module):
         super().__init__()
         self.config = config = config or ModelConfig()
         self.voxel_encoder = VoxelEncoder(config.code_dim, config.voxel_channels, config.voxel_norm, config.code_activation)
-        self.image_encoder = ImageEncoder(config.code_dim, code_activation=config.code_activation)
+        self.image_encoder = ImageEncoder(config.code_dim, config.code_activation, config.image_size)
         self.decoder = Decoder(config.code_dim, config.decoder_widths, config.decoder_skips, config.point_octaves,
                                config.decoder_init, config.point_scale)
 

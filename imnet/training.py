@@ -12,16 +12,17 @@ console lines), `imnet.checkpoint` (files), `imnet.diagnostics` (what validation
 The recipe (defaults of `imnet.config`; docs/training.md has the ablations behind each choice):
 - binary cross-entropy on the decoder's logits (the paper: MSE on the sigmoid);
 - Adam with a linear warm-up over the first `warmup` share of steps, then cosine decay to 5%;
-- the decoder sees the query point scaled by `point_scale` (8): at the paper's scale (1) the first
-  layer's ReLU kinks are too few inside the unit cube and detail arrives late;
+  with a time budget (`minutes`) the schedule follows the wall time instead of the steps (`Clock`);
+- the decoder sees Fourier features of the query point (`point_octaves` 4): with the paper's raw
+  coordinates the first layer's ReLU kinks are too few inside the unit cube and detail arrives late;
 - linear codes (no sigmoid) and no normalisation in the voxel encoder at 4 shapes per step;
 - IM-AE: few shapes per step (4) and many steps: at equal CPU time, progress is limited by the
   number of optimiser steps, not by the points per step; a share of each shape's points is drawn
   from the coarse level-16 set at every level (`uniform_fraction`);
 - IM-SVR: codes standardised per dimension (every dimension counts alike in the MSE), 16 views per
-  step, a random one of the 24 views per shape and epoch, no augmentation by default; progressive
-  resizing (`low_res_fraction`) and an occupancy loss through the frozen decoder are options that
-  did not help in our ablations.
+  step, a random one of the 24 views per shape and epoch, no augmentation by default, the ResNet at
+  64x64 (`image_size`: twice the steps per CPU minute of 128x128, better at equal time); an
+  occupancy loss through the frozen decoder is an option that did not help in our ablations.
 
 Every run writes to `config.out_dir`:
     last.pt         the latest checkpoint (atomic); `resume=True` continues from it exactly
@@ -42,6 +43,7 @@ Several processes (`torchrun --nproc_per_node N train.py ...`): DistributedDataP
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -81,7 +83,6 @@ CSV_COLUMNS = [
     "val_code_spread", "val_code_error_ratio", "val_self_match", "seconds",
 ]
 N_PREVIEW_SHAPES = 4  # validation shapes shown in TensorBoard
-SVR_LOW_RES = 64  # side of the downscaled views of progressive resizing
 
 
 class SetupError(ValueError):
@@ -101,6 +102,7 @@ class Progress:
     level_index: int = 0  # IM-AE: index into config.levels of the current level
     level_epoch: int = 0  # IM-AE: epochs completed at that level
     best_iou: float = -1.0  # best validation IoU so far (-1: none yet)
+    seconds: float = 0.0  # wall time spent in the training loop (what a --minutes budget counts)
 
 
 @dataclass
@@ -147,21 +149,52 @@ def occupancy_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "bce"
     raise ValueError(f"loss must be 'bce' or 'mse', got {kind!r}")
 
 
-def learning_rate(step: int, total_steps: int, base: float, warmup: float = 0.0, schedule: str = "cosine") -> float:
-    """The learning rate at optimiser step `step` (0-based) of `total_steps`.
+def learning_rate(fraction: float, base: float, warmup: float = 0.0, schedule: str = "cosine") -> float:
+    """The learning rate `fraction` (0..1) of the way through a run: of its steps, or of its minutes.
 
-    Linear warm-up from base/100 over the first `warmup` share of the steps, then "cosine" decay to
-    5% of `base` at the last step, or "constant" (the paper).
+    Linear warm-up from base/100 over the first `warmup` share of the run, then "cosine" decay to
+    5% of `base` at the end, or "constant" (the paper).
     """
-    warm = warmup * total_steps
-    if step < warm:
-        return base * max((step + 1) / warm, 0.01)
+    if fraction < warmup:
+        return base * max(fraction / warmup, 0.01)
     if schedule == "constant":
         return base
     if schedule != "cosine":
         raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
-    t = min(1.0, (step - warm) / max(1.0, total_steps - warm))
+    t = min(1.0, (fraction - warmup) / max(1e-12, 1.0 - warmup))
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+class Clock:
+    """How far a run is through its schedule, 0 -> 1.
+
+    Without a time budget: optimiser steps taken / all steps of the given epochs. With one
+    (`minutes` > 0): wall time spent in the training loop (validations included, setup and the
+    final validation not) / the budget, carried across --resume in `Progress.seconds`. Under DDP the
+    processes agree on the time (their mean), so they take the same number of steps.
+    """
+
+    def __init__(self, progress: Progress, total_steps: int, minutes: float, runtime: Runtime):
+        self.progress, self.total_steps, self.runtime = progress, max(1, total_steps), runtime
+        self.budget = 60.0 * minutes
+        self.timed = self.budget > 0
+        self._start, self._spent = time.perf_counter(), progress.seconds
+
+    def seconds(self) -> float:
+        """Training-loop seconds of the run so far (this call's and the resumed ones')."""
+        return self._spent + time.perf_counter() - self._start
+
+    def fraction(self) -> float:
+        if not self.timed:
+            return min(1.0, self.progress.step / self.total_steps)
+        seconds = self.seconds()
+        if self.runtime.world_size > 1:
+            seconds = self.runtime.mean(torch.tensor(seconds, dtype=torch.float64, device=self.runtime.device)).item()
+        return min(1.0, seconds / self.budget)
+
+    def left(self) -> str:
+        """For progress bars: minutes left of the budget ("" without one)."""
+        return f", {max(0.0, self.budget - self.seconds()) / 60:.1f} min left" if self.timed else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,38 +223,48 @@ def train_ae(config: AEConfig, resume: bool = False, stop_after_epochs: int | No
         model.voxel_encoder.to(memory_format=voxel_format)
         model.image_encoder.requires_grad_(False)  # trained later, by IM-SVR
         optimizer = torch.optim.Adam(_trainable(model), lr=config.lr, betas=(config.beta1, 0.999))
-        steps_per_epoch = _steps_per_epoch(len(train_data), config.batch_shapes, runtime)
-        total_steps = steps_per_epoch * sum(config.epochs)
+        total_steps = _steps_per_epoch(len(train_data), config.batch_shapes, runtime) * sum(config.epochs)
         progress = _restore(runtime, log, model, optimizer, config, "ae") if resume else _fresh(runtime, log, config)
         net = runtime.distribute(model)
+        clock = Clock(progress, total_steps, config.minutes, runtime)
+        # With a time budget, level i ends at this fraction of it: the shares that config.epochs gives the levels.
+        level_ends = np.cumsum(config.epochs) / sum(config.epochs)
         first_epoch, losses = progress.epoch, []
+
+        def level_done(index: int) -> bool:
+            return clock.fraction() >= level_ends[index] if clock.timed else progress.level_epoch >= config.epochs[index]
 
         for level_index in range(progress.level_index, len(config.levels)):
             if level_index != progress.level_index:  # the next level starts from the weights so far
                 progress.level_index, progress.level_epoch = level_index, 0
-            level, epochs = config.levels[level_index], config.epochs[level_index]
+            level = config.levels[level_index]
+            of_epochs = "" if clock.timed else f"/{config.epochs[level_index]}"
             dataset = AEDataset(train_data, level, config.points_per_shape, config.uniform_fraction)
-            while progress.level_epoch < epochs:
+            last_of_level = level_done(level_index)
+            while not last_of_level:
                 model.train()
                 model.image_encoder.eval()
                 epoch_start, losses = time.perf_counter(), []
                 loader = _loader(dataset, config, runtime, progress.epoch)
-                for batch in _bar(loader, runtime, f"level {level} epoch {progress.level_epoch + 1}/{epochs}"):
-                    lr = learning_rate(progress.step, total_steps, config.lr, config.warmup, config.schedule)
+                for batch in _bar(loader, runtime, f"level {level} epoch {progress.level_epoch + 1}{of_epochs}{clock.left()}"):
+                    lr = learning_rate(clock.fraction(), config.lr, config.warmup, config.schedule)
                     _set_lr(optimizer, lr)
                     voxels = batch["voxels"].to(runtime.device, non_blocking=True).contiguous(memory_format=voxel_format)
                     points, values = batch["points"].to(runtime.device), batch["values"].to(runtime.device)
                     with autocast(runtime.device, runtime.precision):
                         loss = occupancy_loss(net(voxels, points), values, config.loss)
                     losses.append(_optimizer_step(optimizer, loss, runtime, progress, config.out_dir))
+                    if clock.timed and level_done(level_index):
+                        break  # the level's share of the time is spent
                 progress.epoch += 1
                 progress.level_epoch += 1
 
                 val = None
-                last_of_level = progress.level_epoch == epochs
+                last_of_level = level_done(level_index)
                 if val_data is not None and (progress.epoch % config.val_every == 0 or last_of_level):
                     val = validate_ae(model, val_data, runtime, config.val_resolution, config.val_shapes,
                                       level=level, loss=config.loss, train_data=train_data)
+                progress.seconds = clock.seconds()
                 stop = stop_after_epochs is not None and progress.epoch - first_epoch >= stop_after_epochs
                 _end_epoch(runtime, log, model, optimizer, progress, config, "ae", losses, lr, val, level,
                            time.perf_counter() - epoch_start, force_checkpoint=stop or last_of_level)
@@ -231,7 +274,7 @@ def train_ae(config: AEConfig, resume: bool = False, stop_after_epochs: int | No
         diagnostics = None
         if val_data is not None and config.final_val_resolution:
             diagnostics = validate_ae(model, val_data, runtime, config.final_val_resolution, config.final_val_shapes,
-                                      train_data=train_data, previews=False)
+                                      train_data=train_data, previews=False, identify=True)
         return _summary(runtime, log, model, progress, "ae", losses, diagnostics=diagnostics)
     finally:
         log.close()
@@ -250,11 +293,13 @@ def validate_ae(
     loss: str = "bce",
     train_data: ShapeData | None = None,
     previews: bool = True,
+    identify: bool = False,
 ) -> dict:
     """IM-AE validation: lattice IoU of the auto-encoded shapes, code spread, loss at `level`'s points.
 
     Returns {"val_iou", "train_iou" (with `train_data`), "val_loss" (with `level`), "code_spread",
-    "saturated_dims", "dead_dims", "resolution", "truth", "previews"}.
+    "saturated_dims", "dead_dims", "resolution", "truth", "previews"}; with `identify`, also the
+    held-out shapes' self-match and pred-pred / gt-gt IoU: the ceiling of an IM-SVR on these codes.
     """
     model.eval()
     result = {"resolution": resolution}
@@ -263,10 +308,12 @@ def validate_ae(
             continue
         rows = _rows(len(shapes), max_shapes)
         codes = _encode_voxels(model, shapes, rows, runtime)
-        iou, truth_kind, pairs = _lattice_ious(model, codes, shapes, rows, resolution, runtime,
-                                               previews=previews and split == "val")
+        iou, truth_kind, pairs, grids = _lattice_ious(model, codes, shapes, rows, resolution, runtime,
+                                                      previews=previews and split == "val", keep=identify and split == "val")
         result[f"{split}_iou"] = iou
         if split == "val":
+            if identify and len(rows) > 1:
+                result.update(identification(grids[0], grids[1]))
             result["truth"] = truth_kind
             result["previews"] = pairs
             stats = code_statistics(codes.cpu().numpy(), bounds=CODE_BOUNDS[model.config.code_activation]) if len(codes) > 1 else {}
@@ -371,7 +418,8 @@ def train_svr(config: SVRConfig, resume: bool = False, stop_after_epochs: int | 
         occupancy = config.occupancy_weight > 0
         train_data = _read_data(config.data, ["pixels", *(["points_64", "values_64"] if occupancy else [])], "training data")
         val_data = _read_data(config.val_data, ["pixels", "voxels"], "validation data") if config.val_data else None
-        model = _load_ae(config.ae_checkpoint)
+        torch.manual_seed(config.seed)  # the image encoder's initial weights, where it is rebuilt at image_size
+        model = _load_ae(config.ae_checkpoint, config.image_size)
         try:
             codes = read_codes(config.codes, "train", train_data)
             val_codes = read_codes(config.codes, "val", val_data, required=False) if val_data is not None else None
@@ -399,22 +447,27 @@ def train_svr(config: SVRConfig, resume: bool = False, stop_after_epochs: int | 
         total_steps = _steps_per_epoch(len(train_data), config.batch_shapes, runtime) * config.epochs
         progress = _restore(runtime, log, model, optimizer, config, "svr") if resume else _fresh(runtime, log, config)
         net = runtime.distribute(model.image_encoder)
+        clock = Clock(progress, total_steps, config.minutes, runtime)
         scale = model.image_encoder.code_scale  # regress standardised codes: every dimension counts alike
         image_format = _image_memory_format(runtime.device)
         dataset = SVRDataset(train_data, codes, view=None, augment=config.augment, train_views=config.train_views,
                              points_per_shape=config.occupancy_points if occupancy else 0)
 
+        def done() -> bool:
+            return clock.fraction() >= 1.0 if clock.timed else progress.epoch >= config.epochs
+
         first_epoch, losses, val = progress.epoch, [], None
-        while progress.epoch < config.epochs:
+        of_epochs = "" if clock.timed else f"/{config.epochs}"
+        last = done()
+        while not last:
             model.eval()
             model.image_encoder.train()
             epoch_start, losses = time.perf_counter(), []
-            for batch in _bar(_loader(dataset, config, runtime, progress.epoch), runtime, f"epoch {progress.epoch + 1}/{config.epochs}"):
-                lr = learning_rate(progress.step, total_steps, config.lr, config.warmup, config.schedule)
+            for batch in _bar(_loader(dataset, config, runtime, progress.epoch), runtime, f"epoch {progress.epoch + 1}{of_epochs}{clock.left()}"):
+                fraction = clock.fraction()
+                lr = learning_rate(fraction, config.lr, config.warmup, config.schedule)
                 _set_lr(optimizer, lr)
                 images = batch["image"].to(runtime.device, non_blocking=True)
-                if progress.step < config.low_res_fraction * total_steps:
-                    images = F.interpolate(images, size=SVR_LOW_RES, mode="area")
                 images = images.contiguous(memory_format=image_format)
                 target = batch["code"].to(runtime.device, non_blocking=True)
                 with autocast(runtime.device, runtime.precision):
@@ -425,13 +478,16 @@ def train_svr(config: SVRConfig, resume: bool = False, stop_after_epochs: int | 
                         logits = model.decoder.logits(predicted, points)
                         loss = loss + config.occupancy_weight * occupancy_loss(logits, values, "bce")
                 losses.append(_optimizer_step(optimizer, loss, runtime, progress, config.out_dir))
+                if clock.timed and done():
+                    break  # the time budget is spent
             progress.epoch += 1
 
             val = None
-            last = progress.epoch == config.epochs
+            last = done()
             if val_data is not None and (progress.epoch % config.val_every == 0 or last):
                 val = validate_svr(model, val_data, val_codes, runtime, config.val_view, config.val_resolution,
                                    config.val_shapes, identify=last)
+            progress.seconds = clock.seconds()
             stop = stop_after_epochs is not None and progress.epoch - first_epoch >= stop_after_epochs
             _end_epoch(runtime, log, model, optimizer, progress, config, "svr", losses, lr, val, None,
                        time.perf_counter() - epoch_start, force_checkpoint=stop or last)
@@ -487,15 +543,22 @@ def _check_svr_config(config: SVRConfig) -> None:
         raise SetupError("IM-SVR regresses the AE's codes: give --codes (written by `python train.py codes`)")
     if config.epochs < 1:
         raise SetupError(f"--epochs must be at least 1, got {config.epochs}")
-    if not 0.0 <= config.low_res_fraction <= 1.0:
-        raise SetupError(f"low_res_fraction must be in [0, 1], got {config.low_res_fraction}")
     if config.occupancy_weight < 0 or config.occupancy_points < 0:
         raise SetupError("occupancy_weight and occupancy_points must not be negative")
 
 
-def _load_ae(path: str) -> IMNet:
+def _load_ae(path: str, image_size: int | None = None) -> IMNet:
+    """The IM-AE of `path`; with `image_size`, its (still untrained) image encoder rebuilt at that size."""
     model, _ = load_model(path, stage="ae")  # refuses an IM-SVR checkpoint in one line
-    return model
+    if image_size is None or image_size == model.config.image_size:
+        return model
+    try:
+        rebuilt = IMNet(dataclasses.replace(model.config, image_size=image_size))
+    except ValueError as e:
+        raise SetupError(f"--image-size: {e}") from None
+    rebuilt.voxel_encoder.load_state_dict(model.voxel_encoder.state_dict())
+    rebuilt.decoder.load_state_dict(model.decoder.state_dict())
+    return rebuilt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,6 +575,8 @@ def _start(config: AEConfig | SVRConfig, stage: str) -> tuple[Runtime, RunLog]:
         raise SetupError(f"--lr must be a positive number, got {config.lr}")
     if not 0.0 <= config.beta1 < 1.0:
         raise SetupError(f"--beta1 must be in [0, 1), got {config.beta1}")
+    if not (math.isfinite(config.minutes) and config.minutes >= 0):
+        raise SetupError(f"--minutes must be 0 (train the given epochs) or a positive number, got {config.minutes}")
     if not 0.0 <= config.warmup < 1.0:
         raise SetupError(f"--warmup must be in [0, 1), got {config.warmup}")
     if config.schedule not in ("cosine", "constant"):
@@ -723,7 +788,8 @@ def _encode_voxels(model: IMNet, shapes: ShapeData, rows: range, runtime: Runtim
 def _lattice_ious(model, codes, shapes, rows, resolution, runtime, previews=False, keep=False):
     """Mean IoU of the decoder's occupancy for `codes` on the validation lattice, shape by shape.
 
-    Returns (mean IoU, truth kind, preview pairs[, (predicted [M, P], truth [M, P]) bool arrays]).
+    Returns (mean IoU, truth kind, preview pairs, (predicted [M, P], truth [M, P]) bool arrays or None
+    without `keep`).
     The truth is `occupancy_64` on its `resolution`^3 sub-lattice when the file has it, else the
     max-pooled voxels at the same points (biased low; said in "truth").
     """
@@ -744,9 +810,7 @@ def _lattice_ious(model, codes, shapes, rows, resolution, runtime, previews=Fals
             kept[0].append(predicted.reshape(-1))
             kept[1].append(truth.reshape(-1))
     mean = float(np.mean(ious)) if ious else math.nan
-    if keep:
-        return mean, kind, pairs, (np.stack(kept[0]), np.stack(kept[1]))
-    return mean, kind, pairs
+    return mean, kind, pairs, ((np.stack(kept[0]), np.stack(kept[1])) if keep else None)
 
 
 def _truth_grids(shapes: ShapeData, rows: range, resolution: int) -> tuple[np.ndarray, str]:

@@ -42,6 +42,21 @@ def test_image_encoder_maps_128_gray_images_to_standardised_codes():
     assert ((paper > 0) & (paper < 1)).all()
 
 
+def test_image_encoder_works_at_its_image_size():
+    """The 128x128 input is area-averaged to image_size before the ResNet; smaller inputs pass as they are."""
+    torch.manual_seed(0)
+    encoder = ImageEncoder(code_dim=8, image_size=64).eval()
+    images = torch.rand(3, 1, 128, 128)
+    pooled = images.reshape(3, 1, 64, 2, 64, 2).mean((3, 5))  # 2x2 area means
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(images), encoder.net(pooled))
+        torch.testing.assert_close(encoder(pooled), encoder.net(pooled))
+    assert IMNet(ModelConfig(image_size=96)).image_encoder.image_size == 96
+    assert ModelConfig.paper().image_size == 128 and ModelConfig().image_size == 64
+    with pytest.raises(ValueError, match="image_size must be in 32..128"):
+        ImageEncoder(image_size=256)
+
+
 def test_point_scale_with_fourier_octaves_is_refused():
     with pytest.raises(ValueError, match="applies to raw coordinates only"):
         PointEncoding(octaves=4, scale=8.0)

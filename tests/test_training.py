@@ -196,11 +196,12 @@ def test_recipe_pieces():
     assert occupancy_loss(logits, target, "mse").item() == pytest.approx(0.25 / 3, rel=1e-4)
     with pytest.raises(ValueError, match="bce"):
         occupancy_loss(logits, target, "l1")
-    rates = [learning_rate(step, 100, 1e-3, warmup=0.1) for step in range(100)]
-    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)  # linear warm-up
+    rates = [learning_rate(step / 100, 1e-3, warmup=0.1) for step in range(100)]
+    assert rates[0] == pytest.approx(1e-5) and rates[1] == pytest.approx(1e-4) and rates[9] == pytest.approx(9e-4)  # linear warm-up
+    assert rates[10] == pytest.approx(1e-3)
     assert max(rates) == pytest.approx(1e-3) and rates[-1] == pytest.approx(5e-5, rel=0.01)  # cosine to 5%
     assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
-    assert learning_rate(50, 100, 1e-3, schedule="constant") == 1e-3
+    assert learning_rate(0.5, 1e-3, schedule="constant") == 1e-3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,11 +252,13 @@ def test_ae_overfits_8_generated_shapes(shapes_file, tmp_path, one_thread):
 def test_checkpoints_hold_everything_and_load_safely(ae_run):
     checkpoint = torch.load(ae_run / "last.pt", weights_only=True)  # nothing but tensors and plain values
     assert checkpoint["stage"] == "ae"
-    assert checkpoint["progress"] == {"epoch": 4, "step": 8, "level_index": 1, "level_epoch": 2,
-                                      "best_iou": pytest.approx(checkpoint["progress"]["best_iou"])}
+    progress = checkpoint["progress"]
+    assert progress == {"epoch": 4, "step": 8, "level_index": 1, "level_epoch": 2,
+                        "best_iou": pytest.approx(progress["best_iou"]), "seconds": pytest.approx(progress["seconds"])}
+    assert progress["seconds"] > 0
     assert checkpoint["config"]["model"] == config_to_dict(TINY)
     assert set(checkpoint["rng"][0]) >= {"python", "numpy", "torch"}
-    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(learning_rate(7, 8, 1e-3, 0.05))
+    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(learning_rate(7 / 8, 1e-3, 0.05))
     model, _ = load_model(ae_run / "best.pt", expected=TINY)
     assert load_checkpoint(ae_run / "best.pt")["progress"]["best_iou"] == checkpoint["progress"]["best_iou"]
 
@@ -369,6 +372,26 @@ def test_codes_then_svr_trains_the_image_encoder_against_a_frozen_decoder(shapes
     for name, tensor in ae_model.decoder.state_dict().items():  # frozen, and kept: the SVR checkpoint alone reconstructs
         assert torch.equal(svr_model.decoder.state_dict()[name], tensor), name
     assert not torch.equal(svr_model.image_encoder.net.conv1.weight, ae_model.image_encoder.net.conv1.weight)
+
+
+def test_svr_image_size_rebuilds_the_untrained_image_encoder_and_is_saved(shapes_file, ae_run, tmp_path):
+    codes_path = extract_codes(ae_run / "last.pt", shapes_file, tmp_path / "codes.npz", device="cpu")
+    config = SVRConfig(data=str(shapes_file), ae_checkpoint=str(ae_run / "last.pt"), codes=str(codes_path),
+                       out_dir=str(tmp_path / "svr"), epochs=1, batch_shapes=4, device="cpu", image_size=96)
+    train_svr(config)
+    model, checkpoint = load_model(tmp_path / "svr" / "last.pt")
+    assert checkpoint["model_config"]["image_size"] == 96 and model.image_encoder.image_size == 96
+    ae_model, _ = load_model(ae_run / "last.pt")
+    for name, tensor in ae_model.decoder.state_dict().items():  # the AE's decoder, untouched by the rebuild
+        assert torch.equal(model.decoder.state_dict()[name], tensor), name
+    with pytest.raises(SetupError, match="--image-size: image_size must be in 32..128"):
+        train_svr(dataclasses.replace(config, out_dir=str(tmp_path / "bad"), image_size=8))
+
+    # A checkpoint from before image_size existed ran its ResNet at 128.
+    old = load_checkpoint(tmp_path / "svr" / "last.pt")
+    del old["model_config"]["image_size"]
+    torch.save(old, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt")[0].image_encoder.image_size == 128
 
 
 def test_svr_refuses_codes_of_another_data_file(shapes_file, ae_run, tmp_path):
@@ -534,8 +557,52 @@ def test_a_second_run_on_the_same_folder_is_refused_with_the_holder(shapes_file,
     train_ae(ae_config(shapes_file, tmp_path, levels=(16,), epochs=(1,)))  # free again once the holder is gone
 
 
+class FakeTime:
+    """perf_counter for imnet.training that advances `tick` seconds per call: a time budget without waiting."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_a_time_budget_spends_it_across_the_levels_in_their_shares(shapes_file, tmp_path, monkeypatch):
+    """--minutes: the levels get the shares of the time that the epochs give them, the learning rate
+    follows the time to its end, and the run stops when the budget is spent."""
+    monkeypatch.setattr(imnet.training.time, "perf_counter", FakeTime(0.5))
+    config = ae_config(shapes_file, tmp_path, epochs=(1, 3), minutes=1.0, val_every=1000)  # 15 s of level 16, then 45 s
+    summary = train_ae(config)
+    rows = read_metrics(tmp_path)
+    levels = [int(r["level"]) for r in rows]
+    assert levels == sorted(levels) and set(levels) == {16, 32}  # coarse to fine, both levels
+    assert summary.epochs == len(rows) > sum(config.epochs)  # more epochs than given: the budget decided
+    progress = load_checkpoint(tmp_path / "last.pt")["progress"]
+    assert 60.0 <= progress["seconds"] <= 70.0  # spent, and stopped within a step or two of the end
+    steps_16 = max(int(r["step"]) for r in rows if r["level"] == "16")
+    assert steps_16 == pytest.approx(progress["step"] / 4, abs=2)  # level 16 had a quarter of the time
+    assert float(rows[-1]["lr"]) == pytest.approx(0.05 * config.lr, rel=0.05)  # the cosine reached its end
+
+
+def test_a_time_budgeted_svr_run_stops_when_it_is_spent_and_resumes_the_clock(shapes_file, ae_run, tmp_path, monkeypatch):
+    codes_path = extract_codes(ae_run / "last.pt", shapes_file, tmp_path / "codes.npz", val_data=shapes_file, device="cpu")
+    monkeypatch.setattr(imnet.training.time, "perf_counter", FakeTime(1.0))
+    config = SVRConfig(data=str(shapes_file), val_data=str(shapes_file), ae_checkpoint=str(ae_run / "last.pt"),
+                       codes=str(codes_path), out_dir=str(tmp_path / "svr"), epochs=1, minutes=0.5, batch_shapes=4,
+                       device="cpu", val_resolution=16, val_every=1000)
+    first = train_svr(config, stop_after_epochs=1)
+    spent = load_checkpoint(tmp_path / "svr" / "last.pt")["progress"]["seconds"]
+    assert first.stopped_early and 0 < spent < 30
+    final = train_svr(config, resume=True)
+    progress = load_checkpoint(tmp_path / "svr" / "last.pt")["progress"]
+    assert final.epochs > 1 and 30.0 <= progress["seconds"] <= 40.0
+    assert final.best_iou is not None  # the last epoch validated
+
+
 @pytest.mark.parametrize("option, message", [
     (["--epochs", "16:-1"], "at least 1 epoch"),
+    (["--minutes", "-1"], "--minutes must be 0"),
     (["--lr", "nan"], "--lr must be a positive number"),
     (["--lr", "0"], "--lr must be a positive number"),
 ])
