@@ -58,7 +58,7 @@ ABLATIONS = {
     "svr_default": ("svr", []),
     "svr_augment": ("svr", ["--augment"]),
     "svr_occupancy_loss": ("svr", ["--occupancy-weight", "1"]),
-    "svr_image_size_128": ("svr", ["--image-size", "128"]),
+    "svr_image_size_128": ("svr", ["--image-size", "128"]),  # at equal epochs: twice the time (S2 compares at equal minutes)
     "svr_32_images_per_step": ("svr", ["--batch-shapes", "32"]),
 }
 
