@@ -394,6 +394,15 @@ def test_svr_image_size_rebuilds_the_untrained_image_encoder_and_is_saved(shapes
     assert load_model(tmp_path / "old.pt")[0].image_encoder.image_size == 128
 
 
+def test_cli_svr_image_size_and_minutes_reach_the_config():
+    cli = load_train_cli()
+    args = cli.build_parser().parse_args(["svr", "--image-size", "96", "--minutes", "2.5"])
+    config = cli.make_config(SVRConfig, args)
+    assert (config.image_size, config.minutes) == (96, 2.5)
+    ae = cli.make_config(AEConfig, cli.build_parser().parse_args(["ae", "--minutes", "1", "--point-octaves", "2"]))
+    assert (ae.minutes, ae.model.point_octaves) == (1.0, 2)
+
+
 def test_svr_refuses_codes_of_another_data_file(shapes_file, ae_run, tmp_path):
     codes = tmp_path / "codes.npz"
     np.savez(codes, train_codes=np.zeros((3, 16), np.float32), train_names=np.array(["a", "b", "c"]))
