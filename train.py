@@ -157,8 +157,10 @@ def make_config(cls: type, args: argparse.Namespace):
         if saved is not None:
             saved_config = {k: v for k, v in saved["config"].items() if k != "precision_used"}
             config = config_from_dict(cls, saved_config)
-    # IM-AE options that name the architecture go to its ModelConfig (IM-SVR's image_size is its own).
-    model_fields = {f.name for f in dataclasses.fields(ModelConfig)} if cls is AEConfig else set()
+    # Options that name the architecture go to the config's ModelConfig, where it has one (IM-AE's);
+    # IM-SVR has none: its image_size is its own option.
+    has_model = any(f.name == "model" for f in dataclasses.fields(cls))
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)} if has_model else set()
     model_options = {k: options.pop(k) for k in list(options) if k in model_fields}
     if model_options:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, **model_options))
