@@ -343,6 +343,38 @@ def test_ddp_with_two_cpu_processes_matches_one_process_with_twice_the_batch(sha
         torch.testing.assert_close(ddp_weights[name], tensor, rtol=0, atol=5e-5, msg=lambda m: f"{name}: {m}")
 
 
+def test_clock_takes_the_processes_mean_time_under_ddp(monkeypatch):
+    class TwoProcesses:
+        world_size = 2
+        device = torch.device("cpu")
+
+        def mean(self, value):  # as if the other process had spent 30 s more
+            return (value + (value + 30.0)) / 2
+
+    monkeypatch.setattr(imnet.training.time, "perf_counter", FakeTime(0.0))
+    clock = imnet.training.Clock(imnet.training.Progress(seconds=45.0), total_steps=10, minutes=2.0, runtime=TwoProcesses())
+    assert clock.fraction() == pytest.approx(60.0 / 120.0)  # its own 45 s, the mean 60 s, of 120
+    untimed = imnet.training.Clock(imnet.training.Progress(step=4), total_steps=10, minutes=0.0, runtime=TwoProcesses())
+    assert untimed.fraction() == pytest.approx(0.4) and untimed.left() == ""
+
+
+def test_ddp_with_a_time_budget_ends_together_in_every_process(shapes_file, tmp_path):
+    """Processes that disagreed on the time would take different numbers of steps and hang in an
+    all-reduce; they agree on the mean time, so the run ends, with identical weights."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+         str(ROOT / "train.py"), "ae", "--data", str(shapes_file), "--epochs", "16:1,32:1", "--minutes", "0.1",
+         "--device", "cpu", "--code-dim", "16", "--decoder-widths", "32,32,16", "--voxel-channels", "2,4,8,8",
+         "--batch-shapes", "2", "--out-dir", str(tmp_path / "ddp")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "parameters identical in all 2 processes" in result.stdout
+    rows = read_metrics(tmp_path / "ddp")
+    assert {r["level"] for r in rows} == {"16", "32"} and load_checkpoint(tmp_path / "ddp" / "last.pt")["progress"]["seconds"] >= 6.0
+
+
 # ---------------------------------------------------------------------------------------------
 # Codes and IM-SVR
 
