@@ -222,7 +222,7 @@ def train_ae(config: AEConfig, resume: bool = False, stop_after_epochs: int | No
         model = IMNet(config.model).to(runtime.device)
         model.voxel_encoder.to(memory_format=voxel_format)
         model.image_encoder.requires_grad_(False)  # trained later, by IM-SVR
-        optimizer = torch.optim.Adam(_trainable(model), lr=config.lr, betas=(config.beta1, 0.999))
+        optimizer = _adam(_trainable(model), config.lr, config.beta1, runtime.device)
         total_steps = _steps_per_epoch(len(train_data), config.batch_shapes, runtime) * sum(config.epochs)
         progress = _restore(runtime, log, model, optimizer, config, "ae") if resume else _fresh(runtime, log, config)
         net = runtime.distribute(model)
@@ -443,7 +443,7 @@ def train_svr(config: SVRConfig, resume: bool = False, stop_after_epochs: int | 
         model.image_encoder.to(memory_format=_image_memory_format(runtime.device))
         model.requires_grad_(False)
         model.image_encoder.requires_grad_(True)  # the decoder stays the AE's
-        optimizer = torch.optim.Adam(_trainable(model), lr=config.lr, betas=(config.beta1, 0.999))
+        optimizer = _adam(_trainable(model), config.lr, config.beta1, runtime.device)
         total_steps = _steps_per_epoch(len(train_data), config.batch_shapes, runtime) * config.epochs
         progress = _restore(runtime, log, model, optimizer, config, "svr") if resume else _fresh(runtime, log, config)
         net = runtime.distribute(model.image_encoder)
@@ -664,6 +664,12 @@ def _steps_per_epoch(n_shapes: int, batch_shapes: int, runtime: Runtime) -> int:
 def _bar(loader: DataLoader, runtime: Runtime, desc: str):
     # A live bar on a terminal, a line every 10 s in a log; the epoch's result line comes from RunLog.
     return progress(loader, desc=desc, unit="step", disable=not runtime.is_main, leave=False)
+
+
+def _adam(parameters: list[nn.Parameter], lr: float, beta1: float, device: torch.device) -> torch.optim.Adam:
+    """Adam with the fused kernel where PyTorch has one (CPU, CUDA): the same update in one pass over
+    all parameters; on 2 CPU cores the per-tensor default spends ~10% of an IM-SVR step on it."""
+    return torch.optim.Adam(parameters, lr=lr, betas=(beta1, 0.999), fused=device.type in ("cpu", "cuda"))
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -4,6 +4,7 @@ The data are 8 generated sofas (data_prep.synthetic -> voxelize -> IM-NET sampli
 views (silhouettes of the voxels) for IM-SVR. Models use reduced widths to stay fast on a CPU.
 """
 
+import copy
 import csv
 import dataclasses
 import importlib.util
@@ -202,6 +203,23 @@ def test_recipe_pieces():
     assert max(rates) == pytest.approx(1e-3) and rates[-1] == pytest.approx(5e-5, rel=0.01)  # cosine to 5%
     assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
     assert learning_rate(0.5, 1e-3, schedule="constant") == 1e-3
+
+
+def test_the_fused_optimizer_makes_the_same_updates_as_plain_adam():
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.LeakyReLU(0.02), torch.nn.Linear(7, 1))
+    fused = copy.deepcopy(reference)
+    optimizers = [torch.optim.Adam(reference.parameters(), lr=1e-2, betas=(0.5, 0.999)),
+                  imnet.training._adam(list(fused.parameters()), 1e-2, 0.5, torch.device("cpu"))]
+    assert optimizers[1].param_groups[0]["fused"] and optimizers[1].param_groups[0]["betas"] == (0.5, 0.999)
+    for _ in range(20):
+        x = torch.randn(16, 5)
+        for net, optimizer in zip((reference, fused), optimizers):
+            optimizer.zero_grad()
+            net(x).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(reference.parameters(), fused.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
