@@ -17,12 +17,6 @@ decides per device:
   runs at least `CPU_BF16_MIN_SPEEDUP` times faster than the same one in fp32.
 
 "bf16" and "fp32" force the choice. Whatever was chosen is what a run records in its config.
-
-Resolving a precision for the CPU also makes the CPU flush denormal floats to zero (process-wide,
-`torch.set_flush_denormal`). Late in IM-AE training the gradients fill with values below 1e-38,
-which x86 CPUs compute in slow microcode: on 2 Xeon cores the demo's IM-AE steps slowed from ~35-55
-ms to ~95 ms over its last third, and from its final weights and optimiser state a step took
-90-107 ms with denormals and 60 ms flushed. Values that small are zero to every result here.
 """
 
 from __future__ import annotations
@@ -67,8 +61,6 @@ def resolve_precision(device: torch.device | str, requested: str = "auto") -> st
     """The precision to run with on `device`: "bf16" or "fp32" (see the module docstring)."""
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
-    if torch.device(device).type == "cpu":
-        torch.set_flush_denormal(True)  # see the module docstring; False where the CPU cannot (no SSE3)
     if requested != "auto":
         return requested
     return "bf16" if bf16_is_fast(torch.device(device).type) else "fp32"

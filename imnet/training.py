@@ -136,16 +136,29 @@ class RunSummary:
 # The recipe's pieces
 
 
+SURE_LOGIT = 40.0
+"""occupancy_loss detaches points classified right beyond this logit (sigmoid(-40) = 4e-18)."""
+
+
 def occupancy_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "bce") -> torch.Tensor:
     """Loss between predicted occupancy logits and true occupancy (0/1), both [B, N].
 
     "bce": binary cross-entropy on the logits (gradients stay large on confidently wrong points);
     "mse": the paper's mean squared error on sigmoid(logits).
+
+    Points already right by a logit margin of SURE_LOGIT are detached: their gradient (below 1e-17)
+    becomes exactly 0. Left in, a trained decoder's logits reach -150, their float32 gradients are
+    denormal, and x86 CPUs compute the whole backward pass from them in slow microcode: from the
+    demo's final IM-AE weights a step took 89 ms with them and 45 ms without. The loss value is
+    unchanged.
     """
+    logits = logits.float()
+    sure = ((target == 1) & (logits > SURE_LOGIT)) | ((target == 0) & (logits < -SURE_LOGIT))
+    logits = torch.where(sure, logits.detach(), logits)
     if kind == "bce":
-        return F.binary_cross_entropy_with_logits(logits.float(), target)
+        return F.binary_cross_entropy_with_logits(logits, target)
     if kind == "mse":
-        return F.mse_loss(torch.sigmoid(logits.float()), target)
+        return F.mse_loss(torch.sigmoid(logits), target)
     raise ValueError(f"loss must be 'bce' or 'mse', got {kind!r}")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data.distributed import DistributedSampler
 
 import imnet.training
@@ -197,6 +198,17 @@ def test_recipe_pieces():
     assert occupancy_loss(logits, target, "mse").item() == pytest.approx(0.25 / 3, rel=1e-4)
     with pytest.raises(ValueError, match="bce"):
         occupancy_loss(logits, target, "l1")
+    # Points right beyond the margin get exactly no gradient (never a denormal one); the value is kept.
+    logits = torch.tensor([[-150.0, -150.0, 150.0, 3.0, -41.0]], requires_grad=True)
+    target = torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.0]])
+    for kind in ("bce", "mse"):
+        loss = occupancy_loss(logits, target, kind)
+        plain = (F.binary_cross_entropy_with_logits if kind == "bce" else lambda x, t: F.mse_loss(torch.sigmoid(x), t))
+        assert loss.item() == pytest.approx(plain(logits.detach(), target).item(), rel=1e-6)
+        (gradient,) = torch.autograd.grad(loss, logits)
+        assert gradient[0, 0] == 0 and gradient[0, 2] == 0 and gradient[0, 4] == 0
+        assert gradient[0, 1] < -0.01 or kind == "mse"  # confidently wrong: BCE still pulls hard
+        assert gradient[0, 3] > 0.01
     rates = [learning_rate(step / 100, 1e-3, warmup=0.1) for step in range(100)]
     assert rates[0] == pytest.approx(1e-5) and rates[1] == pytest.approx(1e-4) and rates[9] == pytest.approx(9e-4)  # linear warm-up
     assert rates[10] == pytest.approx(1e-3)
@@ -338,7 +350,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(shapes
     assert len(read_metrics(tmp_path)) == 1
 
 
-def test_ddp_with_two_cpu_processes_matches_one_process_with_twice_the_batch(shapes_file, tmp_path):
+def test_ddp_with_two_cpu_processes_matches_one_process_with_twice_the_batch(shapes_file, tmp_path, one_thread):
     common = ["--data", str(shapes_file), "--epochs", "16:1,32:1", "--device", "cpu", "--points-per-shape", "0",
               "--code-dim", "16", "--decoder-widths", "32,32,16", "--voxel-channels", "2,4,8,8",
               "--voxel-norm", "instance", "--lr", "1e-3", "--seed", "5"]
@@ -352,6 +364,7 @@ def test_ddp_with_two_cpu_processes_matches_one_process_with_twice_the_batch(sha
     assert "parameters identical in all 2 processes" in result.stdout  # every rank checked the same weights
 
     # Instance norm and all points: 2 processes x 2 shapes see exactly what 1 process x 4 shapes sees.
+    # One thread here as in each process there: with two, some CPUs' kernels sum in another order.
     assert load_train_cli().main(["ae", *common, "--batch-shapes", "4", "--out-dir", str(tmp_path / "single")]) == 0
     ddp, single = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "single")
     np.testing.assert_allclose([float(r["train_loss"]) for r in ddp], [float(r["train_loss"]) for r in single], rtol=1e-5)
