@@ -64,7 +64,14 @@ class Runtime:
                 dist.init_process_group("gloo")
             else:
                 raise ValueError(f"several processes need --device cpu or cuda, not {device_.type}")
-        return cls(rank, world_size, device_, resolve_precision(device_, precision))
+        chosen = resolve_precision(device_, precision)
+        if world_size > 1 and precision == "auto":
+            # Each process measured its own CPU; one that chose bf16 beside one in fp32 would train
+            # two different networks under one all-reduce. bf16 only where every process chose it.
+            flag = torch.tensor([1 if chosen == "bf16" else 0], device=device_)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            chosen = "bf16" if flag.item() else "fp32"
+        return cls(rank, world_size, device_, chosen)
 
     @property
     def is_main(self) -> bool:
