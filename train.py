@@ -138,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--occupancy-weight", type=float, help="weight of an occupancy loss through the frozen decoder beside the "
                    f"code loss (default {svr_defaults.occupancy_weight})")
     p.add_argument("--occupancy-points", type=int, help=f"points per shape of that loss (default {svr_defaults.occupancy_points})")
+    p.add_argument("--match-weight", type=float, help="weight of an identification loss beside the code loss: each "
+                   "predicted code should lie nearer its own shape's code than any other training shape's "
+                   f"(default {svr_defaults.match_weight}; 0: off)")
+    p.add_argument("--match-temperature", type=float, help="its softmax temperature, in mean squared standardised "
+                   f"code distance (default {svr_defaults.match_temperature})")
     p.add_argument("--train-views", type=int, help="train on views 0..K-1 only, keeping the others held out "
                    "for testing (default: all 24)")
     p.add_argument("--val-view", type=int, help=f"the view (0-23) used for validation (default {svr_defaults.val_view})")

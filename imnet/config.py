@@ -110,6 +110,8 @@ class SVRConfig:
     schedule: str = "cosine"
     occupancy_weight: float = 0.0  # weight of a BCE loss through the frozen decoder beside the code MSE
     occupancy_points: int = 512  # near-surface points per shape for that loss
+    match_weight: float = 0.0  # weight of the identification loss (imnet.training.identification_loss) beside the code MSE
+    match_temperature: float = 0.1  # its softmax temperature, in mean squared standardised code distance
     pretrained_image_encoder: str = ""  # local path to ImageNet ResNet-18 weights (never downloaded)
     augment: bool = False  # random shift/scale/tone: -0.04 held-out IoU at equal CPU time (docs/training.md)
     val_view: int = 0  # fixed view index used for validation

@@ -22,7 +22,8 @@ The recipe (defaults of `imnet.config`; docs/training.md has the ablations behin
 - IM-SVR: codes standardised per dimension (every dimension counts alike in the MSE), 16 views per
   step, a random one of the 24 views per shape and epoch, no augmentation by default, the ResNet at
   64x64 (`image_size`: twice the steps per CPU minute of 128x128, better at equal time); an
-  occupancy loss through the frozen decoder is an option that did not help in our ablations.
+  occupancy loss through the frozen decoder and an identification loss (`identification_loss`) are
+  options that did not help in our ablations.
 
 Every run writes to `config.out_dir`:
     last.pt         the latest checkpoint (atomic); `resume=True` continues from it exactly
@@ -74,7 +75,7 @@ from imnet.runtime import RunFolderBusy, Runtime
 from imnet.sampling import GRID, lattice_points
 
 __all__ = [
-    "train_ae", "train_svr", "extract_codes", "occupancy_loss", "learning_rate", "validate_ae",
+    "train_ae", "train_svr", "extract_codes", "occupancy_loss", "identification_loss", "learning_rate", "validate_ae",
     "SetupError", "TrainingDiverged", "RunSummary", "Progress", "CSV_COLUMNS",
 ]
 
@@ -160,6 +161,23 @@ def occupancy_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "bce"
     if kind == "mse":
         return F.mse_loss(torch.sigmoid(logits), target)
     raise ValueError(f"loss must be 'bce' or 'mse', got {kind!r}")
+
+
+def identification_loss(predicted: torch.Tensor, bank: torch.Tensor, index: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Cross-entropy of picking each prediction's own shape out of all training shapes by code distance.
+
+    predicted [B, D] and bank [N, D] are standardised codes (every dimension of unit spread over the
+    training shapes); index [B] (long) is each prediction's row in `bank`. The logit of shape j is
+    -|predicted - bank_j|^2 / (D * temperature): the mean squared distance per dimension, over the
+    temperature. The code MSE alone pulls an uncertain prediction towards the mean code, which
+    decodes to the same mean-looking shape for every uncertain picture; this term rewards a
+    prediction for being nearer its own shape's code than to every other shape's, which is what
+    makes reconstructions of different pictures differ (self-match).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    distances = torch.cdist(predicted.float(), bank.float()).square() / predicted.shape[1]  # [B, N]
+    return F.cross_entropy(-distances / temperature, index)
 
 
 def learning_rate(fraction: float, base: float, warmup: float = 0.0, schedule: str = "cosine") -> float:
@@ -462,6 +480,7 @@ def train_svr(config: SVRConfig, resume: bool = False, stop_after_epochs: int | 
         net = runtime.distribute(model.image_encoder)
         clock = Clock(progress, total_steps, config.minutes, runtime)
         scale = model.image_encoder.code_scale  # regress standardised codes: every dimension counts alike
+        bank = ((torch.from_numpy(codes).to(runtime.device) - model.image_encoder.code_mean) / scale) if config.match_weight > 0 else None
         image_format = _image_memory_format(runtime.device)
         dataset = SVRDataset(train_data, codes, view=None, augment=config.augment, train_views=config.train_views,
                              points_per_shape=config.occupancy_points if occupancy else 0)
@@ -486,6 +505,10 @@ def train_svr(config: SVRConfig, resume: bool = False, stop_after_epochs: int | 
                 with autocast(runtime.device, runtime.precision):
                     predicted = net(images).float()
                     loss = F.mse_loss(predicted / scale, target / scale)
+                    if bank is not None:
+                        standardised = (predicted - model.image_encoder.code_mean) / scale
+                        index = batch["index"].to(runtime.device)
+                        loss = loss + config.match_weight * identification_loss(standardised, bank, index, config.match_temperature)
                     if occupancy:
                         points, values = batch["points"].to(runtime.device), batch["values"].to(runtime.device)
                         logits = model.decoder.logits(predicted, points)
@@ -558,6 +581,10 @@ def _check_svr_config(config: SVRConfig) -> None:
         raise SetupError(f"--epochs must be at least 1, got {config.epochs}")
     if config.occupancy_weight < 0 or config.occupancy_points < 0:
         raise SetupError("occupancy_weight and occupancy_points must not be negative")
+    if not (math.isfinite(config.match_weight) and config.match_weight >= 0):
+        raise SetupError(f"--match-weight must be 0 (off) or a positive number, got {config.match_weight}")
+    if not (math.isfinite(config.match_temperature) and config.match_temperature > 0):
+        raise SetupError(f"--match-temperature must be a positive number, got {config.match_temperature}")
 
 
 def _load_ae(path: str, image_size: int | None = None) -> IMNet:

@@ -32,6 +32,7 @@ from imnet.training import (
     SetupError,
     TrainingDiverged,
     extract_codes,
+    identification_loss,
     learning_rate,
     occupancy_loss,
     train_ae,
@@ -215,6 +216,25 @@ def test_recipe_pieces():
     assert max(rates) == pytest.approx(1e-3) and rates[-1] == pytest.approx(5e-5, rel=0.01)  # cosine to 5%
     assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
     assert learning_rate(0.5, 1e-3, schedule="constant") == 1e-3
+
+
+def test_identification_loss_rewards_a_code_nearer_its_own_shape_than_any_other():
+    n, d = 8, 16
+    bank = torch.eye(n, d) * d**0.5  # standardised codes all at the same distance from the mean code 0
+    index = torch.arange(n)
+    assert identification_loss(bank.clone(), bank, index, temperature=0.01).item() < 1e-6  # perfect
+    mean = torch.zeros(n, d, requires_grad=True)  # a mean-shape predictor cannot tell the shapes apart
+    loss = identification_loss(mean, bank, index, temperature=0.1)
+    assert loss.item() == pytest.approx(np.log(n), rel=1e-6)
+    (gradient,) = torch.autograd.grad(loss, mean)
+    assert ((-gradient) * (bank - mean.detach())).sum(1).gt(0).all()  # descent moves each towards its own code
+    # Nearer its own code than to another's: lower loss; the loss reads distances, not the batch order.
+    between = 0.7 * bank + 0.3 * bank.roll(1, 0)
+    assert identification_loss(between, bank, index).item() < identification_loss(bank.roll(1, 0), bank, index).item()
+    assert identification_loss(between[[2, 0]], bank, index[[2, 0]]).item() == pytest.approx(
+        (identification_loss(between[[2]], bank, index[[2]]).item() + identification_loss(between[[0]], bank, index[[0]]).item()) / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="temperature"):
+        identification_loss(bank, bank, index, temperature=0.0)
 
 
 def test_the_fused_optimizer_makes_the_same_updates_as_plain_adam():
@@ -466,6 +486,26 @@ def test_cli_svr_image_size_and_minutes_reach_the_config():
     assert (config.image_size, config.minutes) == (96, 2.5)
     ae = cli.make_config(AEConfig, cli.build_parser().parse_args(["ae", "--minutes", "1", "--point-octaves", "2"]))
     assert (ae.minutes, ae.model.point_octaves) == (1.0, 2)
+
+
+def test_svr_identification_loss_is_trained_with_and_refused_when_negative(shapes_file, ae_run, tmp_path, capsys):
+    codes_path = extract_codes(ae_run / "last.pt", shapes_file, tmp_path / "codes.npz", device="cpu")
+    runs = {}
+    for weight in (0.0, 1.0):
+        config = SVRConfig(data=str(shapes_file), ae_checkpoint=str(ae_run / "last.pt"), codes=str(codes_path),
+                           out_dir=str(tmp_path / f"svr{weight}"), epochs=1, batch_shapes=4, device="cpu",
+                           precision="fp32", match_weight=weight)
+        runs[weight] = train_svr(config)
+    # The same seed and views: only the added term can make the losses differ (it is positive).
+    assert runs[1.0].train_loss > runs[0.0].train_loss
+    saved = load_checkpoint(tmp_path / "svr1.0" / "last.pt")["config"]
+    assert (saved["match_weight"], saved["match_temperature"]) == (1.0, 0.1)
+    cli = load_train_cli()
+    code = cli.main(["svr", "--data", str(shapes_file), "--ae-checkpoint", str(ae_run / "last.pt"), "--codes", str(codes_path),
+                     "--out-dir", str(tmp_path / "bad"), "--match-weight", "-1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--match-weight must be 0" in err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_svr_refuses_codes_of_another_data_file(shapes_file, ae_run, tmp_path):
