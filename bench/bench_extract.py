@@ -135,6 +135,9 @@ def bench_field(field, resolutions, max_dense_points) -> dict:
         mesh = grid_to_mesh(certified)
         reference = certified > 0.5  # equal to dense by construction; checked below where dense runs
         floor = surface_floor(reference)
+        if floor == 0:
+            raise SystemExit(f"bench_extract: the field has no surface at level 0.5 at {resolution}^3 (nothing inside, or "
+                             "nothing outside); for the fitted decoder, fit it longer (bench/fit_paper_decoder.py --steps)")
         if n <= max_dense_points:
             start = time.perf_counter()
             dense = dense_grid(field, resolution)
