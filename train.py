@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained-image-encoder", metavar="PTH", help="local torchvision ResNet-18 ImageNet weights (.pth) to start from")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="random shift/scale/tone of the views "
                    f"(default {'on' if svr_defaults.augment else 'off'}: it lowered held-out IoU in our ablation)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, help="mirror training views left-right at random: "
+                   "right for shapes symmetric about their x = 0 plane (most chairs, tables, cars, airplanes), where "
+                   f"the mirrored view is the view from the mirrored camera (default {'on' if svr_defaults.flip else 'off'})")
     p.add_argument("--image-size", type=int, help="side the ResNet works at: the 128x128 views are area-averaged to it "
                    f"(the paper: 128; default {svr_defaults.image_size}, which trains twice the steps per minute and measured better)")
     p.add_argument("--occupancy-weight", type=float, help="weight of an occupancy loss through the frozen decoder beside the "

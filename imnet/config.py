@@ -114,6 +114,7 @@ class SVRConfig:
     match_temperature: float = 0.1  # its softmax temperature, in mean squared standardised code distance
     pretrained_image_encoder: str = ""  # local path to ImageNet ResNet-18 weights (never downloaded)
     augment: bool = False  # random shift/scale/tone: -0.04 held-out IoU at equal CPU time (docs/training.md)
+    flip: bool = False  # mirror views left-right at random (right for mirror-symmetric shapes; imnet.datasets.SVRDataset)
     val_view: int = 0  # fixed view index used for validation
     train_views: int = 0  # train on views 0..train_views-1 only, holding the rest out (0: all 24)
     device: str = "auto"

@@ -163,6 +163,10 @@ class SVRDataset(Dataset):
         codes: float32 [N, code_dim] (see `read_codes`), or None to serve images only.
         view: a fixed view index (validation), or None for a random view each time an item is read.
         augment: jitter the view (`jitter_view`: shift, scale, object tone), keeping the background white.
+        flip: mirror the view left-right with probability 1/2. For a shape that is mirror-symmetric
+            about its x = 0 plane (most chairs, tables, cars, airplanes in ShapeNet's frame), the
+            mirrored view is exactly the view from the mirrored camera (azimuth -a), so the code
+            target stays right and each shape shows twice as many distinct views.
         train_views: with view=None, draw only from views 0..train_views-1 (0: all), so the other
             views stay held out for testing.
         points_per_shape: also serve this many random near-surface points per item (0: none).
@@ -175,6 +179,7 @@ class SVRDataset(Dataset):
         view: int | None = None,
         augment: bool = False,
         train_views: int = 0,
+        flip: bool = False,
         points_per_shape: int = 0,
     ):
         shapes = load_shapes(data, ["pixels", *(["points_64", "values_64"] if points_per_shape else [])])
@@ -192,6 +197,7 @@ class SVRDataset(Dataset):
             raise ValueError(f"train_views must be in 0..{n_views} (0: all views), got {train_views}")
         self.view = view
         self.augment = augment
+        self.flip = flip
         self.train_views = train_views or n_views
         self.points_per_shape = points_per_shape
         if points_per_shape:
@@ -203,7 +209,10 @@ class SVRDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         view = self.view if self.view is not None else int(torch.randint(self.train_views, ()))
-        image = input_tensor(crop_view(self.pixels[index, view]))
+        pixels = self.pixels[index, view]
+        if self.flip and torch.rand(()) < 0.5:
+            pixels = pixels.flip(-1)  # the whole rendering about its centre, then the (off-centre) crop
+        image = input_tensor(crop_view(pixels))
         if self.augment:
             image = jitter_view(image)
         code = self.codes[index] if self.codes is not None else torch.zeros(0)

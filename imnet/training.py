@@ -482,7 +482,7 @@ def train_svr(config: SVRConfig, resume: bool = False, stop_after_epochs: int | 
         scale = model.image_encoder.code_scale  # regress standardised codes: every dimension counts alike
         bank = ((torch.from_numpy(codes).to(runtime.device) - model.image_encoder.code_mean) / scale) if config.match_weight > 0 else None
         image_format = _image_memory_format(runtime.device)
-        dataset = SVRDataset(train_data, codes, view=None, augment=config.augment, train_views=config.train_views,
+        dataset = SVRDataset(train_data, codes, view=None, augment=config.augment, flip=config.flip, train_views=config.train_views,
                              points_per_shape=config.occupancy_points if occupancy else 0)
 
         def done() -> bool:

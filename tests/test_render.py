@@ -156,6 +156,21 @@ def test_in_plane_rotation_turns_the_image_clockwise(renderer, slab):
     assert agreement > 0.995
 
 
+def test_a_mirrored_view_of_a_left_right_symmetric_shape_is_the_view_from_the_mirrored_azimuth(renderer):
+    """What IM-SVR's --flip relies on: a shape symmetric about x = 0 (but not front-to-back), seen
+    from azimuth a and mirrored left-right, has the silhouette of the view from azimuth -a."""
+    seat = trimesh.creation.box(extents=[0.5, 0.1, 0.4])
+    back = trimesh.creation.box(extents=[0.5, 0.5, 0.06])
+    back.apply_translation([0.0, 0.3, 0.2])
+    leg = trimesh.creation.box(extents=[0.05, 0.3, 0.05])
+    legs = [leg.copy().apply_translation([x, -0.2, -0.15]) for x in (-0.2, 0.2)]
+    shape = trimesh.util.concatenate([seat, back, *legs])
+    left, right, other = silhouette(renderer.views(shape, np.concatenate([camera(azimuth=35), camera(azimuth=-35), camera(azimuth=145)])))
+    # The whole 137x137 rendering is mirrored about its centre.
+    assert (left[:, ::-1] == right).mean() > 0.998
+    assert (left[:, ::-1] == other).mean() < 0.99  # not any view: the mirrored one
+
+
 def test_faces_are_lit_whatever_their_winding(renderer, slab):
     flipped = slab.copy()
     flipped.invert()

@@ -156,6 +156,24 @@ def test_svr_dataset_serves_cropped_views_and_codes(shapes_file):
         SVRDataset(shapes_file, codes, view=24)
 
 
+def test_svr_dataset_flip_serves_the_mirrored_rendering_half_of_the_time(shapes_file):
+    data = open_datafile(shapes_file)
+    dataset = SVRDataset(shapes_file, view=5, flip=True)
+    plain = data.pixels[2, 5, 4:132, 4:132]
+    mirrored = data.pixels[2, 5, :, ::-1][4:132, 4:132]  # mirrored about the 137x137 centre, then the crop
+    torch.manual_seed(0)
+    seen = []
+    for _ in range(40):
+        image = dataset[2]["image"][0].numpy() * 255
+        if np.allclose(image, plain, atol=1e-4):
+            seen.append("plain")
+        else:
+            np.testing.assert_allclose(image, mirrored, atol=1e-4)
+            seen.append("mirrored")
+    assert 8 < seen.count("mirrored") < 32
+    assert all(np.allclose(SVRDataset(shapes_file, view=5)[2]["image"][0].numpy() * 255, plain, atol=1e-4) for _ in range(5))
+
+
 def test_view_jitter_keeps_the_background_white_and_the_object(shapes_file):
     torch.manual_seed(0)
     image = SVRDataset(shapes_file, view=0)[1]["image"]
