@@ -60,6 +60,8 @@ ABLATIONS = {
     "svr_occupancy_loss": ("svr", ["--occupancy-weight", "1"]),
     "svr_image_size_128": ("svr", ["--image-size", "128"]),  # at equal epochs: twice the time (S2 compares at equal minutes)
     "svr_32_images_per_step": ("svr", ["--batch-shapes", "32"]),
+    "svr_identification_loss": ("svr", ["--match-weight", "0.1"]),  # docs/training.md S3
+    "svr_flip": ("svr", ["--flip"]),
 }
 
 
