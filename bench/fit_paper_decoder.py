@@ -10,7 +10,7 @@ points labelled by its 64^3 voxels). The decoder sees the point scaled by 8 (`--
 --point-scale 8`, the choice docs/training.md gives for a decoder to certify: Fourier features
 bound loosely) and learns with BCE on logits; with the paper's raw coordinates and MSE a few hundred
 steps leave the field empty. Deterministic from --seed; about two minutes on 2 cores.
-Writes {"decoder": state_dict, "code": [128], "widths", "code_dim", "steps", "loss"}.
+Writes {"decoder": state_dict, "code": [128], "widths", "code_dim", "point_scale", "steps", "loss"}.
 """
 
 import argparse
