@@ -131,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. 64, 100, 128, 256, 512 (default %(default)s)")
     p.add_argument("--level", type=float, default=d.level, help="iso-level of the occupancy field (default %(default)s)")
     p.add_argument("--method", choices=["auto", "certified", "coarse_to_fine", "dense"], default=d.method,
-                   help="coarse_to_fine (auto): IM-NET-style sampling, fast, can miss detached parts smaller than "
-                   "its coarse grid; certified: range bounds prove empty and full regions, exactly the dense mesh "
+                   help="coarse_to_fine (auto): a coarse lattice, then the surface followed cell by cell; fast, "
+                   "can miss detached parts that hold no point of its 32^3 lattice; certified: range bounds prove empty and full regions, exactly the dense mesh "
                    "but several times slower; dense: every grid point (reference)")
     p.add_argument("--max-batch-points", type=int, default=d.max_batch_points, help="points per decoder call; "
                    "bounds memory at any resolution (default %(default)s)")

@@ -11,31 +11,50 @@ cell centres ``(i + 0.5) / R - 0.5``, i = 0..R-1, and is indexed ``[x, y, z]``.
 Coarse-to-fine sampling
 -----------------------
 :func:`coarse_to_fine_grid` samples the same grid as :func:`dense_grid` but evaluates the field only
-near the surface:
+where the surface is, by following it:
 
 1. The grid is padded by one "outside" point on every side (the padding marching cubes sees too),
-   and a coarse lattice of every ``stride``-th padded index (plus the last one) is evaluated. Every
-   coarser lattice is a subset of every finer one, so values are reused exactly, and any R works.
-2. Level by level the stride halves. Cells of the previous lattice whose corners are mixed (some
-   above ``level``, some not) are subdivided and all new lattice points in them are evaluated. Points
-   that are not evaluated take the value of the nearest coarser lattice point below them, which is
-   the corner of a cell that was all inside or all outside: nothing is interpolated, so marching
-   cubes only ever sees evaluated values where the surface is.
-3. Neighbour rule: after each batch of evaluations, every cell that now has mixed corners but
-   unevaluated ones gets those corners evaluated, until no such cell is left. This follows the
-   surface out of the subdivided cells -- along a thin leg or slat that the coarse lattice stepped
-   over, across a cell face the coarse corners did not see the surface cross.
-4. Optionally, "mixed" is also taken with respect to a lower ``gap_level`` (say ``level / 2``), so
-   the refinement crosses narrow gaps where the field dips below ``level`` without falling to 0: a
-   decoder may draw a thin leg as dashes, and then the dashes beyond the first gap are found too.
-   This traces a second surface, so it costs up to twice the evaluations for a soft field.
+   and a coarse lattice of every ``stride``-th padded index (plus the last one) is evaluated, so any
+   R works.
+2. Seeds: on every coarse edge whose two ends lie on different sides of ``level`` (above it, or
+   not), bisection finds one grid edge of unit length whose ends differ: ceil(log2(stride))
+   evaluations.
+3. Tracking: every grid cell whose evaluated corners lie on different sides gets all 8 corners
+   evaluated, until no such cell is left. Starting from the seeds this walks over every cell the
+   surface crosses that is connected to a seed -- along a thin leg or slat that the coarse lattice
+   stepped over -- and evaluates nothing else: past the coarse lattice and the bisection, every
+   evaluation is a corner of a cell the surface crosses (the "floor" any exact sampler needs).
+4. Fill: every unevaluated point takes the value of the nearest evaluated point before it along z.
+   Two neighbouring points on different sides make every cell around their edge crossed, and those
+   cells were all evaluated, so a run of unevaluated points lies on one side. Where the evaluated
+   points at the two ends of a run disagree anyway, the tracking missed a surface between them:
+   the run is evaluated, followed from there, and the fill repeated.
+5. Optionally a second, lower ``gap_level`` (say ``level / 2``) is followed too, so the tracking
+   crosses narrow gaps where the field dips below ``level`` without falling to 0: a decoder may draw
+   a thin leg as dashes, and then the dashes beyond the first gap are found too. This traces a
+   second surface, so it costs up to twice the evaluations for a soft field.
 
-Result: every grid cell that the surface crosses has all 8 corners evaluated, so the occupancy
-(``values > level``) and the marching-cubes mesh equal the dense ones, except for connected pieces of
-inside (or outside) that contain no evaluated point at all: detached parts thinner than the coarse
-spacing that lie between coarse samples (and, with ``gap_level``, with no trail of field values
-above ``gap_level`` leading to them). Parts attached to something the coarse lattice sees are
-recovered at any coarse spacing; raise ``coarse_resolution`` to catch small detached ones.
+Result: every grid cell of a found surface has all 8 corners evaluated, so the occupancy
+(``values > level``) and the marching-cubes mesh equal the dense ones, except for surfaces no seed
+leads to: detached pieces of inside (or outside, such as an enclosed cavity) that contain no coarse
+lattice point, and -- rarer -- nested pieces whose every coarse edge crosses an even number of
+surfaces or whose crossing the bisection passed over. Parts attached to something the coarse
+lattice sees are found at any coarse spacing; raise ``coarse_resolution`` to catch small detached
+ones, or use :func:`certified_grid`, which cannot miss anything.
+
+Certified sampling
+------------------
+:func:`certified_grid` is for fields that can bound themselves over a box (range analysis: Sharp and
+Jacobson, "Spelunking the Deep", SIGGRAPH 2022; for decoders see ``imnet.bounds``). Starting from the
+whole grid, each box of grid points is bounded over its points and their neighbours: a box whose
+bound lies above the level is inside, below it outside, and no cell with a corner in it can be
+crossed by the surface, so none of its points is evaluated. Other boxes are split in eight, down to
+``leaf_size``; in a leaf, smaller sub-boxes are bounded where that pays, and the points no bound
+decides are evaluated. Last, certified points next to a point on the other side (corners of crossed
+cells, whose values marching cubes interpolates) are evaluated. The occupancy equals dense sampling's
+at every point, by construction: nothing is ever inferred from samples, so no part can be missed. A
+bound costs several evaluations (``field.bound_cost``) and is loose near the surface, so this costs
+more than coarse-to-fine on the decoders we train (bench/results/extract*.json).
 """
 
 from __future__ import annotations
@@ -109,22 +128,22 @@ class ExtractionStats:
     """What sampling a field on a grid cost.
 
     Attributes:
-        method: "dense" or "coarse_to_fine".
+        method: "dense", "coarse_to_fine" or "certified".
         resolution: grid resolution R.
         evaluations: points passed to the field in total.
         field_calls: number of calls to the field (batches).
         seconds: wall time of the sampling (field calls included, marching cubes not).
         evaluations_per_level: lattice stride -> points evaluated at that level (coarse first).
-        neighbour_rounds_per_level: lattice stride -> rounds of the neighbour rule that evaluated
-            something.
+        tracking_rounds: coarse-to-fine: rounds of surface tracking that evaluated something.
         bound_evaluations: boxes bounded by the field's ``bounds`` (certified method).
         bound_cost: what one box's bound costs, in field evaluations (the field's ``bound_cost``).
         certified_points: grid points whose side was decided by bounds, without evaluation.
         boxes_certified_free: boxes certified from their parent's affine bound, with no field call.
         bound_evaluations_per_size: box size (grid points per axis) -> boxes bounded at that size.
-        evaluations_per_stage: certified method: "uncertain" (points of the finest boxes whose
-            side no bound decided) and "surface" (certified points next to the other side, whose
-            values marching cubes needs).
+        evaluations_per_stage: coarse-to-fine: "coarse" (the first lattice), "seeds" (bisection),
+            "surface" (tracking) and "repair" (runs the fill found inconsistent); certified method:
+            "uncertain" (points of the finest boxes whose side no bound decided) and "surface"
+            (certified points next to the other side, whose values marching cubes needs).
     """
 
     method: str
@@ -133,7 +152,7 @@ class ExtractionStats:
     field_calls: int
     seconds: float
     evaluations_per_level: dict[int, int] = dataclasses.field(default_factory=dict)
-    neighbour_rounds_per_level: dict[int, int] = dataclasses.field(default_factory=dict)
+    tracking_rounds: int = 0
     bound_evaluations: int = 0
     bound_cost: float = 0.0
     certified_points: int = 0
@@ -182,30 +201,31 @@ def coarse_to_fine_grid(
     """Sample ``field`` on a resolution-R grid, evaluating it only near the ``level`` surface.
 
     See the module docstring for the scheme. Thresholded at ``level``, the result equals
-    :func:`dense_grid`'s except for detached pieces smaller than the coarse spacing that fall
-    between coarse samples; at every point where the surface is, the values are the field's own,
-    so marching cubes gives the dense grid's mesh.
+    :func:`dense_grid`'s except for surfaces no seed leads to (detached pieces that hold no coarse
+    lattice point); at every point where the surface is, the values are the field's own, so
+    marching cubes gives the dense grid's mesh.
 
     Args:
         field: callable, float32 points [N, 3] -> occupancy [N] (or [N, 1]) in [0, 1].
         resolution: R >= 2, cells per axis of the result.
         level: iso-level separating inside (> level) from outside, in (0, 1).
-        coarse_resolution: about how many cells per axis the first lattice has (its stride is the
-            largest power of two with ``stride * coarse_resolution <= R``). Default 32. Higher finds
-            smaller detached parts and costs more; ``coarse_resolution >= R`` is dense sampling.
-        gap_level: a second, lower level in (0, level) whose crossings are refined too (step 4 of
+        coarse_resolution: about how many points per axis the first lattice has (its stride is
+            ``R // coarse_resolution``). Default 32. Higher finds smaller detached parts and costs
+            more; ``coarse_resolution >= R`` is dense sampling.
+        gap_level: a second, lower level in (0, level) whose crossings are followed too (step 5 of
             the module docstring), e.g. ``level / 2`` to find dashes of thin parts beyond gaps;
             default None: follow only the ``level`` surface.
         max_batch_points: at most this many points per field call.
 
     Returns:
         values: float32 [R, R, R], indexed [x, y, z]. Evaluated points hold the field's values;
-            the others hold a copy of the coarser sample that decided they are inside or outside.
-        stats: evaluation counts per level, field calls, time.
+            the others a copy of the nearest evaluated value along z, on the same side.
+        stats: evaluations per stage ("coarse", "seeds", "surface", "repair") and per lattice
+            stride, tracking rounds, field calls, time.
 
     Memory: one float32 and one bool (R + 2)^3 array (680 MB at R = 512; ``values`` is a view into
     the float32 one) plus work arrays of the size of the surface: a chair at R = 512 peaks at
-    1.2 GB.
+    0.9 GB (the process, measured).
     """
     start_time = time.perf_counter()
     resolution = _check_resolution(resolution)
@@ -217,21 +237,32 @@ def coarse_to_fine_grid(
     _check_grid_size(resolution)
     stride = _coarse_stride(resolution, coarse_resolution)
     sampler = _FieldSampler(field, resolution, max_batch_points)
-    grid = _RefinedGrid(sampler, resolution, level, gap_level)
-    per_level, rounds_per_level = {}, {}
+    levels = (level,) if gap_level is None else (level, gap_level)
+    grid = _TrackedGrid(sampler, resolution, levels)
+    stages = {}
 
-    lattice = grid.lattice(stride)
-    grid.evaluate_lattice(lattice)
-    per_level[stride] = sampler.evaluations
-    # With stride 1 the first lattice is the whole grid: nothing is left to refine.
-    mixed = grid.mixed_cells_of_lattice(lattice) if stride > 1 else None
-    while stride > 1:
-        stride //= 2
-        coarse, lattice = lattice, grid.lattice(stride)
-        before = sampler.evaluations
-        grid.fill_unevaluated(lattice, coarse)
-        mixed, rounds_per_level[stride] = grid.refine(lattice, _child_cells(mixed, coarse, lattice))
-        per_level[stride] = sampler.evaluations - before
+    # 1. The coarse lattice, every point.
+    coarse = grid.lattice(stride)
+    grid.evaluate_lattice(coarse)
+    stages["coarse"] = sampler.evaluations
+    if stride > 1:  # with stride 1 the coarse lattice is the whole grid
+        # 2. Seeds: one sign change of unit length on every coarse edge whose ends disagree,
+        # found by bisection.
+        seeds = [np.zeros((0, 3), dtype=np.int64)]
+        for each_level in levels:
+            seeds += grid.bisect(*grid.mixed_edges(coarse, each_level), each_level)
+        stages["seeds"] = sampler.evaluations - stages["coarse"]
+        # 3. Follow the surface from the seeds, cell by cell, on the full grid.
+        grid.track(np.concatenate(seeds))
+        stages["surface"] = sampler.evaluations - stages["coarse"] - stages["seeds"]
+        # 4. Unevaluated points take their side from their neighbours along z; where the two
+        # directions disagree, a surface lies between that tracking did not reach: evaluate the
+        # points in between, follow it from there, and fill again.
+        stages["repair"] = 0
+        while len(disagree := grid.fill()):
+            before = sampler.evaluations
+            grid.track(grid.evaluate(disagree))
+            stages["repair"] += sampler.evaluations - before
 
     stats = ExtractionStats(
         method="coarse_to_fine",
@@ -239,8 +270,11 @@ def coarse_to_fine_grid(
         evaluations=sampler.evaluations,
         field_calls=sampler.calls,
         seconds=time.perf_counter() - start_time,
-        evaluations_per_level=per_level,
-        neighbour_rounds_per_level=rounds_per_level,
+        evaluations_per_level={stride: stages["coarse"], 1: sampler.evaluations - stages["coarse"]}
+        if stride > 1
+        else {1: stages["coarse"]},
+        tracking_rounds=grid.rounds,
+        evaluations_per_stage=stages,
     )
     return grid.interior, stats
 
@@ -392,8 +426,8 @@ def extract_mesh(
         field: callable, float32 points [N, 3] in [-0.5, 0.5]^3 -> occupancy [N] (or [N, 1]).
         resolution: R >= 2, grid cells per axis.
         level: iso-level in (0, 1).
-        method: "auto" (= "coarse_to_fine": on the decoders we train, certified costs 7-40x its
-            wall time, see bench/results/extract.json),
+        method: "auto" (= "coarse_to_fine": on the decoders we train, certified costs 4-40x its
+            wall time, see bench/results/extract_paper_decoder.json and the README),
             "certified" (:func:`certified_grid`), "coarse_to_fine" (:func:`coarse_to_fine_grid`)
             or "dense" (:func:`dense_grid`).
         coarse_resolution, gap_level: see :func:`coarse_to_fine_grid`; used by "coarse_to_fine" only.
@@ -478,25 +512,23 @@ class _FieldSampler:
         return result
 
 
-class _RefinedGrid:
+class _TrackedGrid:
     """The state of coarse-to-fine sampling, on the grid padded by one outside point per side.
 
     Points are named by padded indices u = i + 1 [3] (u = 0 and u = R + 1 are the padding: value 0,
-    counted as evaluated) or by their flat index ("key") in the padded [R + 2]^3 arrays. A lattice
-    is a sorted array of padded indices, the same on every axis; a cell of a lattice is named by the
-    lattice positions [3] of its lowest corner.
+    counted as evaluated) or by their flat index ("key") in the padded [R + 2]^3 arrays; a cell is
+    named by its lowest corner. ``levels`` are the level and, if given, the gap level; a point's
+    "side" is how many of them its value exceeds.
     """
 
-    def __init__(
-        self, sampler: _FieldSampler, resolution: int, level: float, gap_level: float | None
-    ):
+    def __init__(self, sampler: _FieldSampler, resolution: int, levels: tuple[float, ...]):
         self.sample = sampler
-        self.level = level
-        self.gap_level = gap_level
+        self.levels = levels
         size = resolution + 2
         self.values = np.zeros((size,) * 3, dtype=np.float32)
         self.evaluated = np.ones((size,) * 3, dtype=bool)
         self.evaluated[1:-1, 1:-1, 1:-1] = False
+        self.rounds = 0
 
     @property
     def interior(self) -> np.ndarray:
@@ -516,75 +548,107 @@ class _RefinedGrid:
             flat = np.arange(begin, min(begin + self.sample.batch, n**3))
             self._evaluate(real[np.stack(np.unravel_index(flat, (n, n, n)), axis=1)])
 
-    def mixed_cells_of_lattice(self, lattice: np.ndarray) -> np.ndarray:
-        """Cells [K, 3] of a fully evaluated lattice whose corners straddle a level."""
-        corners = self.values[np.ix_(lattice, lattice, lattice)]
-        windows = np.lib.stride_tricks.sliding_window_view(corners, (2, 2, 2))
-        low, high = windows.min(axis=(-3, -2, -1)), windows.max(axis=(-3, -2, -1))
-        return np.argwhere(self._straddles(low, high))
+    def mixed_edges(self, lattice: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+        """Edges of the evaluated ``lattice`` whose two ends lie on different sides of ``level``:
+        (low end [E, 3], high end [E, 3]) in padded indices."""
+        above = self.values[np.ix_(lattice, lattice, lattice)] > level
+        low, high = [], []
+        for axis in range(3):
+            step = np.zeros(3, dtype=np.int64)
+            step[axis] = 1
+            n = np.array(above.shape) - step
+            cells = np.argwhere(above[: n[0], : n[1], : n[2]] != above[step[0] :, step[1] :, step[2] :])
+            low.append(lattice[cells])
+            high.append(lattice[cells + step])
+        return np.concatenate(low), np.concatenate(high)
 
-    def fill_unevaluated(self, lattice: np.ndarray, coarse: np.ndarray) -> None:
-        """Give every unevaluated point of lattice^3 the value of its coarse-lattice floor point.
+    def bisect(self, low: np.ndarray, high: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+        """Halve each edge low [E, 3] -> high [E, 3] (ends on different sides of ``level``, along
+        one axis) until it is one grid step long; return those unit edges' low ends [E, 3] and
+        high ends, evaluating the midpoints on the way."""
+        low, high = low.copy(), high.copy()
+        while True:
+            long = np.flatnonzero((high - low).sum(axis=1) > 1)
+            if not len(long):
+                return low, high
+            middle = (low[long] + high[long]) // 2
+            self._evaluate_new(self._keys(middle))
+            same = (self.values[tuple(middle.T)] > level) == (self.values[tuple(low[long].T)] > level)
+            low[long[same]] = middle[same]
+            high[long[~same]] = middle[~same]
 
-        That point is a corner of the coarse cell holding the fine point; the cell was not
-        subdivided, so all its corners agree on inside/outside and the copy is on the right side.
-        """
-        floor = coarse[np.searchsorted(coarse, lattice, side="right") - 1]
-        n = len(lattice)
-        rows = max(1, _FILL_CHUNK_ELEMENTS // n**2)
-        for begin in range(0, n, rows):
-            x = slice(begin, begin + rows)
-            # Only coarse lattice points are read, and filling leaves those unchanged, so filling
-            # in place chunk by chunk is safe.
-            source = self.values.take(floor[x], axis=0).take(floor, axis=1).take(floor, axis=2)
-            if n == len(self.values):  # the finest lattice is the whole grid: fill views in place
-                np.copyto(self.values[x], source, where=~self.evaluated[x])
-                continue
-            block_index = np.ix_(lattice[x], lattice, lattice)
-            block = self.values[block_index]
-            np.copyto(block, source, where=~self.evaluated[block_index])
-            self.values[block_index] = block
-
-    def refine(self, lattice: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, int]:
-        """Evaluate the corners of ``cells`` [K, 3], then apply the neighbour rule until stable.
-
-        Returns the cells of ``lattice`` whose corners straddle a level (all of them evaluated),
-        and the number of neighbour rounds that evaluated something.
-        """
-        new = self._evaluate_new(self._corner_keys(lattice, cells))
-        frontier = _unique_rows(np.concatenate([cells, self._cells_touching(lattice, new)]))
-        straddling, rounds = [np.empty((0, 3), dtype=cells.dtype)], 0
+    def track(self, points: np.ndarray) -> None:
+        """Follow the surface from the evaluated ``points`` [M, 3]: every cell with evaluated corners
+        on different sides gets all its corners evaluated, until no such cell is left."""
+        frontier = self._cells_touching(points)
         while len(frontier):
-            keys = self._corner_keys(lattice, frontier)
+            keys = frontier[:, None, :] + _CORNERS  # [K, 8, 3]
+            keys = np.ravel_multi_index(np.moveaxis(keys, -1, 0), self.values.shape)
+            known = np.take(self.evaluated, keys)
             values = np.take(self.values, keys)
-            mixed = self._straddles(values.min(axis=1), values.max(axis=1))
-            complete = np.take(self.evaluated, keys).all(axis=1)
-            straddling.append(frontier[mixed & complete])
-            if complete[mixed].all():
-                break
-            rounds += 1
-            new = self._evaluate_new(keys[mixed & ~complete])
-            frontier = self._cells_touching(lattice, new)
-        return _unique_rows(np.concatenate(straddling)), rounds
+            low = np.where(known, values, np.inf).min(axis=1)
+            high = np.where(known, values, -np.inf).max(axis=1)
+            open_ = self._straddles(low, high) & ~known.all(axis=1)
+            if not open_.any():
+                return
+            self.rounds += 1
+            frontier = self._cells_touching(self._evaluate_new(keys[open_]))
+
+    def fill(self) -> np.ndarray:
+        """Give every unevaluated point the value of the nearest evaluated point before it along
+        z. Returns the padded indices [M, 3] of the unevaluated points where that disagrees with the
+        nearest evaluated point after it (a surface the tracking did not reach lies between them):
+        empty when the fill is complete.
+
+        Why this is right: two neighbouring points on different sides make every cell around their
+        edge crossed, and tracking evaluates all corners of crossed cells it reaches; so along z, a
+        run of unevaluated points lies on one side, the side of the evaluated points at its ends.
+        """
+        size = len(self.values)
+        rows = max(1, _FILL_CHUNK_ELEMENTS // size**2)
+        position = np.arange(size, dtype=np.int32)
+        disagree = []
+        for begin in range(0, size, rows):
+            x = slice(begin, begin + rows)
+            evaluated, values = self.evaluated[x], self.values[x]
+            before = np.maximum.accumulate(np.where(evaluated, position, 0), axis=2)
+            after = np.flip(np.minimum.accumulate(np.flip(np.where(evaluated, position, size - 1), axis=2), axis=2), axis=2)
+            from_before = np.take_along_axis(values, before, axis=2)
+            from_after = np.take_along_axis(values, after, axis=2)
+            wrong = ~evaluated & (self._side(from_before) != self._side(from_after))
+            disagree.append(np.argwhere(wrong) + [begin, 0, 0])
+            np.copyto(values, from_before, where=~evaluated)
+        return np.concatenate(disagree)
+
+    def evaluate(self, padded: np.ndarray) -> np.ndarray:
+        """Evaluate the not yet evaluated points among ``padded`` [M, 3]; returns them."""
+        return self._evaluate_new(self._keys(padded))
+
+    def _side(self, values: np.ndarray) -> np.ndarray:
+        side = np.zeros(values.shape, dtype=np.int8)
+        for level in self.levels:
+            side += values > level
+        return side
 
     def _straddles(self, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-        """Whether cells with corner values in [low, high] straddle level (or gap_level)."""
-        straddles = (high > self.level) & (low <= self.level)
-        if self.gap_level is not None:
-            straddles |= (high > self.gap_level) & (low <= self.gap_level)
+        """Whether cells with corner values in [low, high] straddle a level."""
+        straddles = np.zeros(low.shape, dtype=bool)
+        for level in self.levels:
+            straddles |= (high > level) & (low <= level)
         return straddles
 
-    def _corner_keys(self, lattice: np.ndarray, cells: np.ndarray) -> np.ndarray:
-        """Keys [K, 8] of the corners of ``cells`` [K, 3]."""
-        padded = lattice[cells[:, None, :] + _CORNERS]
-        return np.ravel_multi_index(np.moveaxis(padded, -1, 0), self.values.shape)
+    def _keys(self, padded: np.ndarray) -> np.ndarray:
+        return np.ravel_multi_index(padded.T, self.values.shape)
 
     def _evaluate_new(self, keys: np.ndarray) -> np.ndarray:
         """Evaluate the not yet evaluated points among ``keys``; returns their padded indices [M, 3]."""
         keys = _unique(keys.reshape(-1))
         keys = keys[~np.take(self.evaluated, keys)]
         padded = np.stack(np.unravel_index(keys, self.values.shape), axis=1)
-        self._evaluate(padded)
+        if len(padded):
+            index = tuple(padded.T)
+            self.values[index] = self.sample(padded - 1)
+            self.evaluated[index] = True
         return padded
 
     def _evaluate(self, padded: np.ndarray) -> None:
@@ -592,12 +656,10 @@ class _RefinedGrid:
         self.values[index] = self.sample(padded - 1)
         self.evaluated[index] = True
 
-    @staticmethod
-    def _cells_touching(lattice: np.ndarray, padded: np.ndarray) -> np.ndarray:
-        """Cells [K, 3] of ``lattice`` with one of the lattice points ``padded`` [M, 3] as corner."""
-        position = np.searchsorted(lattice, padded)
-        cells = (position[:, None, :] - _CORNERS).reshape(-1, 3)
-        cells = cells[np.all((cells >= 0) & (cells < len(lattice) - 1), axis=1)]
+    def _cells_touching(self, padded: np.ndarray) -> np.ndarray:
+        """Cells [K, 3] with one of the points ``padded`` [M, 3] as a corner."""
+        cells = (padded[:, None, :] - _CORNERS).reshape(-1, 3)
+        cells = cells[np.all((cells >= 0) & (cells < len(self.values) - 1), axis=1)]
         return _unique_rows(cells)
 
 
@@ -835,17 +897,6 @@ class _CertifiedSampling:
         return values
 
 
-def _child_cells(cells: np.ndarray, coarse: np.ndarray, lattice: np.ndarray) -> np.ndarray:
-    """The cells [K', 3] of ``lattice`` that make up the ``coarse`` cells [K, 3].
-
-    The stride halves between the lattices, so a coarse cell spans 1 or 2 fine cells per axis.
-    """
-    fine_position = np.searchsorted(lattice, coarse)
-    low, high = fine_position[cells], fine_position[cells + 1]
-    children = low[:, None, :] + _CORNERS
-    return children[np.all(children < high[:, None, :], axis=2)]
-
-
 def _unique_rows(rows: np.ndarray) -> np.ndarray:
     """Unique rows of a non-negative int array [M, 3]."""
     if not len(rows):
@@ -888,12 +939,9 @@ def _dense_grid(
 def _coarse_stride(resolution: int, coarse_resolution: int | None) -> int:
     if coarse_resolution is None:
         coarse_resolution = DEFAULT_COARSE_RESOLUTION
-    if int(coarse_resolution) != coarse_resolution or coarse_resolution < 1:
+    if isinstance(coarse_resolution, bool) or int(coarse_resolution) != coarse_resolution or coarse_resolution < 1:
         raise ValueError(f"coarse_resolution must be a positive integer; got {coarse_resolution!r}")
-    stride = 1
-    while 2 * stride * coarse_resolution <= resolution:
-        stride *= 2
-    return stride
+    return max(1, resolution // int(coarse_resolution))
 
 
 def _check_leaf_size(leaf_size: int | None) -> int:
