@@ -1,6 +1,6 @@
 """Evaluations and time of certified and coarse-to-fine sampling vs dense and the floor (`imnet.extract`).
 
-    python bench/bench_extract.py [--resolutions 64 128 256] [--decoder PATH] [--skip-shapenet]
+    python bench/bench_extract.py [--resolutions 64 128 256] [--tiny-decoder] [--decoder PATH] [--skip-shapenet]
 
 Fields measured:
 - "analytic chair": a union of boxes (seat, 2-voxel-thick slats, thin legs and stretchers at 256^3)
@@ -9,8 +9,10 @@ Fields measured:
   (a 0/1 field), with exact bounds from a summed-volume table;
 - with --decoder, a decoder of the paper's widths fitted to a generated chair
   (`bench/fit_paper_decoder.py`, run if the file is missing), with its affine bounds; plus its
-  throughput (points/s, boxes/s: the measured cost of a bound in point evaluations) and the bf16
-  flip measurement (bf16 vs fp32 sides at grid points next to its surface).
+  throughput (points/s, boxes/s: the measured cost of a bound in point evaluations), the bf16
+  flip measurement (bf16 vs fp32 sides at grid points next to its surface) and coarse-to-fine
+  extraction at the largest --decoder-resolutions in fp32 and in bf16 (wall time, points recomputed
+  in fp32, grid points on the other side); with --tiny-decoder the same for the tests' tiny decoder.
 
 For each field and resolution: the floor (grid points of cells the surface crosses, which any exact
 sampler must evaluate), coarse-to-fine's and certified's evaluations (certified: + bound
@@ -219,6 +221,21 @@ def bf16_flips(make_field, points_count: int) -> dict:
 
 
 
+def precision_extraction(make_field, resolution: int) -> dict:
+    """Coarse-to-fine extraction of a decoder field in fp32 and in bf16 (make_field(precision)):
+    wall time, evaluations, points recomputed in fp32, grid points whose side differs."""
+    result, occupied = {"resolution": resolution}, {}
+    for precision in ("fp32", "bf16"):
+        field = make_field(precision)
+        start = time.perf_counter()
+        values, stats = coarse_to_fine_grid(field, resolution)
+        result[precision] = {"seconds": round(time.perf_counter() - start, 2), "evaluations": stats.evaluations,
+                             "recomputed_in_fp32": field.refined}
+        occupied[precision] = values > 0.5
+    result["bf16_points_on_the_other_side"] = int((occupied["fp32"] != occupied["bf16"]).sum())
+    return result
+
+
 def decoder_throughput(field, n: int = 20000) -> float:
     points = np.random.default_rng(0).uniform(-0.5, 0.5, (n, 3)).astype(np.float32)
     field(points[:1000])
@@ -268,8 +285,11 @@ def main() -> None:
             "affine_bound_cost_by_multiply_adds": field.bound_cost,
         }
         print(extra["decoder"], flush=True)
-        extra["bf16"] = bf16_flips(lambda precision: fitted_decoder_field(args.decoder, precision), args.bf16_points)
+        make = lambda precision: fitted_decoder_field(args.decoder, precision)
+        extra["bf16"] = bf16_flips(make, args.bf16_points)
         print(extra["bf16"], flush=True)
+        extra["extraction_fp32_vs_bf16"] = precision_extraction(make, max(args.decoder_resolutions))
+        print(extra["extraction_fp32_vs_bf16"], flush=True)
 
     if args.tiny_decoder:
         sys.path.insert(0, str(ROOT / "tests"))
@@ -284,6 +304,8 @@ def main() -> None:
             make("fp32"), args.decoder_resolutions, args.max_dense_decoder_points)
         extra["tiny_decoder_bf16"] = bf16_flips(make, args.bf16_points)
         print(extra["tiny_decoder_bf16"], flush=True)
+        extra["tiny_decoder_extraction_fp32_vs_bf16"] = precision_extraction(make, max(args.decoder_resolutions))
+        print(extra["tiny_decoder_extraction_fp32_vs_bf16"], flush=True)
 
     results = {}
     for name, (field, resolutions, max_dense) in fields.items():

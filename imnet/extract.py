@@ -572,7 +572,7 @@ class _TrackedGrid:
             if not len(long):
                 return low, high
             middle = (low[long] + high[long]) // 2
-            self._evaluate_new(self._keys(middle))
+            self.evaluate(middle)
             same = (self.values[tuple(middle.T)] > level) == (self.values[tuple(low[long].T)] > level)
             low[long[same]] = middle[same]
             high[long[~same]] = middle[~same]
@@ -622,7 +622,7 @@ class _TrackedGrid:
 
     def evaluate(self, padded: np.ndarray) -> np.ndarray:
         """Evaluate the not yet evaluated points among ``padded`` [M, 3]; returns them."""
-        return self._evaluate_new(self._keys(padded))
+        return self._evaluate_new(np.ravel_multi_index(padded.T, self.values.shape))
 
     def _side(self, values: np.ndarray) -> np.ndarray:
         side = np.zeros(values.shape, dtype=np.int8)
@@ -637,21 +637,17 @@ class _TrackedGrid:
             straddles |= (high > level) & (low <= level)
         return straddles
 
-    def _keys(self, padded: np.ndarray) -> np.ndarray:
-        return np.ravel_multi_index(padded.T, self.values.shape)
-
     def _evaluate_new(self, keys: np.ndarray) -> np.ndarray:
         """Evaluate the not yet evaluated points among ``keys``; returns their padded indices [M, 3]."""
         keys = _unique(keys.reshape(-1))
         keys = keys[~np.take(self.evaluated, keys)]
         padded = np.stack(np.unravel_index(keys, self.values.shape), axis=1)
         if len(padded):
-            index = tuple(padded.T)
-            self.values[index] = self.sample(padded - 1)
-            self.evaluated[index] = True
+            self._evaluate(padded)
         return padded
 
     def _evaluate(self, padded: np.ndarray) -> None:
+        """Evaluate the points ``padded`` [M, 3]."""
         index = tuple(padded.T)
         self.values[index] = self.sample(padded - 1)
         self.evaluated[index] = True
