@@ -18,6 +18,8 @@ Exact rules used here (the published description leaves them implicit):
 - Each chosen cell contributes one voxel drawn uniformly among its voxels that have the cell's value.
   Under max-pooling such a voxel always exists: an inside cell has an inside voxel and an outside
   cell has only outside voxels. So near-surface points lean towards the inside, as in IM-NET.
+  That makes decoders a little fat, but it is what keeps thin parts: drawing inside and outside
+  voxels of such cells with equal chances lost legs and five-star bases (docs/training.md D2).
 - When more cells are near the surface than the level's point count, a random subset is kept; when
   fewer, the rest are random cells away from the surface (with a random voxel in each). Each cell
   gives at most one point, so the points of a level are distinct.
