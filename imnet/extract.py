@@ -133,15 +133,14 @@ class ExtractionStats:
         evaluations: points passed to the field in total.
         field_calls: number of calls to the field (batches).
         seconds: wall time of the sampling (field calls included, marching cubes not).
-        evaluations_per_level: lattice stride -> points evaluated at that level (coarse first).
         tracking_rounds: coarse-to-fine: rounds of surface tracking that evaluated something.
         bound_evaluations: boxes bounded by the field's ``bounds`` (certified method).
         bound_cost: what one box's bound costs, in field evaluations (the field's ``bound_cost``).
         certified_points: grid points whose side was decided by bounds, without evaluation.
         boxes_certified_free: boxes certified from their parent's affine bound, with no field call.
         bound_evaluations_per_size: box size (grid points per axis) -> boxes bounded at that size.
-        evaluations_per_stage: coarse-to-fine: "coarse" (the first lattice), "seeds" (bisection),
-            "surface" (tracking) and "repair" (runs the fill found inconsistent); certified method:
+        evaluations_per_stage: dense: "dense"; coarse-to-fine: "coarse" (the first lattice), "seeds"
+            (bisection), "surface" (tracking) and "repair" (runs the fill found inconsistent); certified:
             "uncertain" (points of the finest boxes whose side no bound decided) and "surface"
             (certified points next to the other side, whose values marching cubes needs).
     """
@@ -151,7 +150,6 @@ class ExtractionStats:
     evaluations: int
     field_calls: int
     seconds: float
-    evaluations_per_level: dict[int, int] = dataclasses.field(default_factory=dict)
     tracking_rounds: int = 0
     bound_evaluations: int = 0
     bound_cost: float = 0.0
@@ -220,8 +218,8 @@ def coarse_to_fine_grid(
     Returns:
         values: float32 [R, R, R], indexed [x, y, z]. Evaluated points hold the field's values;
             the others a copy of the nearest evaluated value along z, on the same side.
-        stats: evaluations per stage ("coarse", "seeds", "surface", "repair") and per lattice
-            stride, tracking rounds, field calls, time.
+        stats: evaluations per stage ("coarse", "seeds", "surface", "repair"), tracking rounds,
+            field calls, time.
 
     Memory: one float32 and one bool (R + 2)^3 array (680 MB at R = 512; ``values`` is a view into
     the float32 one) plus work arrays of the size of the surface: a chair at R = 512 peaks at
@@ -270,9 +268,6 @@ def coarse_to_fine_grid(
         evaluations=sampler.evaluations,
         field_calls=sampler.calls,
         seconds=time.perf_counter() - start_time,
-        evaluations_per_level={stride: stages["coarse"], 1: sampler.evaluations - stages["coarse"]}
-        if stride > 1
-        else {1: stages["coarse"]},
         tracking_rounds=grid.rounds,
         evaluations_per_stage=stages,
     )
@@ -927,7 +922,7 @@ def _dense_grid(
         evaluations=sampler.evaluations,
         field_calls=sampler.calls,
         seconds=time.perf_counter() - start_time,
-        evaluations_per_level={1: sampler.evaluations},
+        evaluations_per_stage={"dense": sampler.evaluations},
     )
     return values, stats
 
