@@ -223,14 +223,20 @@ def _with_box(gray: np.ndarray, box: Box, display_size: int) -> np.ndarray:
     return rgb
 
 
+def model_level(model: IMNet) -> float:
+    """The model's own iso-level (`Decoder.level`) on the slider's 0.05 steps."""
+    return round(model.decoder.iso_level * 20) / 20
+
+
 class EmptyMeshError(ValueError):
     """The decoder's field stays below the iso-level everywhere: there is no surface to show."""
 
 
 def reconstruct(
-    model: IMNet, pixels: np.ndarray, *, resolution: int = 128, level: float = 0.5, half: bool = False
+    model: IMNet, pixels: np.ndarray, *, resolution: int = 128, level: float | None = None, half: bool = False
 ) -> tuple[trimesh.Trimesh, float]:
-    """Encode a 128x128 network input and extract the mesh (:func:`imnet.inference.reconstruct_image`).
+    """Encode a 128x128 network input and extract the mesh (:func:`imnet.inference.reconstruct_image`)
+    at `level` (None: the model's own, `Decoder.level`).
 
     Returns:
         mesh in normalised object space [-0.5, 0.5]^3, and the seconds spent (encoder + extraction).
@@ -238,6 +244,7 @@ def reconstruct(
     Raises:
         EmptyMeshError: nothing exceeds `level`.
     """
+    level = model.decoder.iso_level if level is None else level
     result = reconstruct_image(model, pixels, resolution=resolution, level=level, precision="bf16" if half else "auto")
     if result.mesh.is_empty:
         raise EmptyMeshError(
@@ -479,8 +486,9 @@ def build_app(
                     *RESOLUTIONS, value=default_resolution, step=16, label="Extraction resolution",
                     info="marching-cubes grid per axis; 256 and more take a while on a CPU", elem_id="resolution",
                 )
-                level = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Iso-level",
-                                  info="lower: thicker shape, higher: thinner")
+                level = gr.Slider(0.05, 0.95, value=model_level(models[next(iter(models))]), step=0.05, label="Iso-level",
+                                  info="lower: thicker shape, higher: thinner; starts at the model's own "
+                                  "(measured on its training shapes)", elem_id="level")
                 button = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct")
                 status = gr.Markdown("", elem_id="status")
             with gr.Column(scale=1, min_width=280):
@@ -519,6 +527,7 @@ def build_app(
 
         inputs = [upload, category, resolution, level, light_azimuth, light_elevation, session]
         outputs = [picture, network_input, viewer, relit, turntable, depth, normals, *downloads, status, session]
+        category.change(lambda name: model_level(models[name]) if name in models else gr.update(), category, level)
         gr.on([upload.upload, button.click], run, inputs, outputs, concurrency_limit=concurrency,
               concurrency_id="reconstruct")
         gr.on([light_azimuth.release, light_elevation.release], relight,

@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=EXPORT_FORMATS, default="obj", help="mesh format when --output is a folder (default obj)")
     p.add_argument("--resolution", type=int, default=d.resolution, help=f"marching-cubes grid, any integer in 8..{MAX_RESOLUTION}, "
                    "e.g. 64, 100, 128, 256, 512 (default %(default)s)")
-    p.add_argument("--level", type=float, default=d.level, help="iso-level of the occupancy field (default %(default)s)")
+    p.add_argument("--level", type=float, default=d.level, help="iso-level of the occupancy field (default: the "
+                   "checkpoint's, measured on its training shapes at the end of IM-AE training; 0.5 for older checkpoints)")
     p.add_argument("--method", choices=["auto", "certified", "coarse_to_fine", "dense"], default=d.method,
                    help="coarse_to_fine (auto): a coarse lattice, then the surface followed cell by cell; fast, "
                    "can miss detached parts that hold no point of its 32^3 lattice; certified: range bounds prove empty and full regions, exactly the dense mesh "
@@ -186,13 +187,17 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--max-batch-points must be positive")
     if not 0.0 <= args.background_tolerance < 1.0:
         raise ValueError(f"--background-tolerance must be in [0, 1), got {args.background_tolerance}")
+    if args.level is not None and not 0.0 < args.level < 1.0:
+        raise ValueError(f"--level must be in (0, 1), got {args.level}")
     config = ReconstructConfig(args.resolution, args.level, args.method, args.max_batch_points, args.device, args.precision)
-    print(format_config(config))
     items = collect_inputs(args.inputs, args.view, args.shapes)
     check_output(args, len(items))
     device = resolve_device(config.device)
     model, _ = load_model(args.checkpoint, stage="svr", map_location=device)
     model.to(device).eval()
+    if config.level is None:
+        config.level = model.decoder.iso_level
+    print(format_config(config))
     options = dict(resolution=config.resolution, level=config.level, method=config.method,
                    max_batch_points=config.max_batch_points, precision=config.precision)
 
@@ -211,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
         if len(mesh.faces) == 0:
             empty.append(item.name)
             # imnet.extract has already warned why; say which input it was and that nothing was written
-            print(f"reconstruct.py: {item.name}: no surface at level {args.level}; nothing written", file=sys.stderr)
+            print(f"reconstruct.py: {item.name}: no surface at level {config.level:g}; nothing written", file=sys.stderr)
             continue
         out.parent.mkdir(parents=True, exist_ok=True)
         if args.save_input:

@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final-val-resolution", type=int, help="one last validation at this lattice resolution, written to "
                    f"diagnostics.json; 0: none (default {ae_defaults.final_val_resolution})")
     p.add_argument("--final-val-shapes", type=int, help=f"shapes of each split in it (default {ae_defaults.final_val_shapes})")
+    p.add_argument("--calibration-shapes", type=int, help="training shapes on which the iso-level of the meshes is "
+                   "measured at the end (stored in the checkpoint; reconstruct.py, eval and the app use it); 0: keep 0.5 "
+                   f"(default {ae_defaults.calibration_shapes})")
     p.add_argument("--code-dim", type=int, help=f"shape code size (default {model.code_dim})")
     p.add_argument("--decoder-widths", type=int_tuple, metavar="W,...", help=f"decoder hidden widths (default {','.join(map(str, model.decoder_widths))})")
     p.add_argument("--no-decoder-skips", dest="decoder_skips", action="store_false",

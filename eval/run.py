@@ -422,6 +422,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
         "retrieval_features": config.retrieval if train is not None else None,
         "view": config.view,
         "resolution": None if config.meshes else config.resolution,
+        "level": None if config.meshes else model.decoder.iso_level,  # the checkpoint's calibrated iso-level
         "iou_points": config.iou_points,
         "surface_points": config.surface_points,
         "imnet_points": IMNET_POINTS,

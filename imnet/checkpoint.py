@@ -133,9 +133,10 @@ def load_model(
         result = model.load_state_dict(checkpoint["model"], strict=False)
     except RuntimeError as e:  # tensor shapes differ from what model_config says
         raise CheckpointError(f"{path}: weights do not match its model_config: {e}") from None
-    if result.missing_keys or result.unexpected_keys:
+    missing = [key for key in result.missing_keys if key != "decoder.level"]  # older files: level 0.5, the default
+    if missing or result.unexpected_keys:
         raise CheckpointError(
-            f"{path}: weights do not match its model_config (missing {result.missing_keys[:5]}, "
+            f"{path}: weights do not match its model_config (missing {missing[:5]}, "
             f"unexpected {result.unexpected_keys[:5]})"
         )
     return model, checkpoint

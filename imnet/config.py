@@ -80,6 +80,7 @@ class AEConfig:
     val_shapes: int = 64  # validate on at most this many shapes of each split (0: all)
     final_val_resolution: int = 64  # one last validation at the end (0: none), written to diagnostics.json
     final_val_shapes: int = 64
+    calibration_shapes: int = 16  # training shapes the iso-level is measured on at the end (0: keep 0.5; imnet.calibration)
     checkpoint_every: int = 1
     workers: int = 0
 
@@ -87,7 +88,8 @@ class AEConfig:
     def paper(cls, **changes) -> "AEConfig":
         """Chen & Zhang's IM-AE training: MSE, Adam 5e-5 / beta1 0.5, constant rate, 32 shapes of all points."""
         base = dict(model=ModelConfig.paper(), epochs=(100, 100, 200), batch_shapes=32, points_per_shape=0,
-                    uniform_fraction=0.0, loss="mse", lr=5e-5, beta1=0.5, warmup=0.0, schedule="constant")
+                    uniform_fraction=0.0, loss="mse", lr=5e-5, beta1=0.5, warmup=0.0, schedule="constant",
+                    calibration_shapes=0)  # meshes at level 0.5
         return cls(**{**base, **changes})
 
 
@@ -138,7 +140,7 @@ class ReconstructConfig:
     """Mesh extraction from a trained model."""
 
     resolution: int = 128
-    level: float = 0.5
+    level: float | None = None  # None: the checkpoint's (Decoder.level, calibrated on training shapes)
     method: str = "auto"  # = "coarse_to_fine"; "certified" (exactly dense, slower) or "dense" (the reference)
     max_batch_points: int = DEFAULT_MAX_BATCH_POINTS
     device: str = "auto"

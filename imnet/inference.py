@@ -164,7 +164,7 @@ def reconstruct_code(
     code: torch.Tensor | np.ndarray,
     *,
     resolution: int = 128,
-    level: float = 0.5,
+    level: float | None = None,
     method: str = "auto",
     max_batch_points: int = DEFAULT_MAX_BATCH_POINTS,
     precision: str = "auto",
@@ -175,7 +175,8 @@ def reconstruct_code(
         model: the model whose decoder turns the code into a field.
         code: float [code_dim] or [1, code_dim].
         resolution: marching-cubes grid per axis, any integer (`imnet.extract.extract_mesh`).
-        level: iso-level of the occupancy.
+        level: iso-level of the occupancy; None: the decoder's own (`Decoder.level`, calibrated on
+            its training shapes).
         method: "auto" (= coarse-to-fine, the fast one),
             "certified", "coarse_to_fine" or "dense" (`imnet.extract.extract_mesh`).
         max_batch_points: decoder points per call; bounds memory at any resolution.
@@ -184,6 +185,7 @@ def reconstruct_code(
     start = time.perf_counter()
     device = next(model.parameters()).device
     code = torch.as_tensor(np.asarray(code, dtype=np.float32) if isinstance(code, np.ndarray) else code).to(device)
+    level = model.decoder.iso_level if level is None else level
     field = decoder_field(model.decoder, code, precision=precision, level=level)
     mesh, stats = extract_mesh(field, resolution=resolution, level=level, method=method, max_batch_points=max_batch_points)
     return Reconstruction(mesh, code.float().cpu().numpy().reshape(-1), int(stats.evaluations), time.perf_counter() - start)

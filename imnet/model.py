@@ -240,6 +240,9 @@ class Decoder(nn.Module):
 
     forward: codes [B, code_dim], points [B, N, 3] -> occupancy [B, N]; `logits` the same before
     the sigmoid (what training's BCE loss and range bounds work on).
+
+    `level` (a buffer, saved with the weights) is the iso-level meshes of this decoder are extracted
+    at: 0.5 until IM-AE training measures the best one on its training shapes (`imnet.calibration`).
     """
 
     def __init__(
@@ -266,6 +269,12 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(layers)
         for layer in self.layers:
             layer.init_weights(init)
+        self.register_buffer("level", torch.tensor(0.5))
+
+    @property
+    def iso_level(self) -> float:
+        """`level` as a Python float, rounded to 6 decimals (the buffer is float32: 0.35 reads 0.3499999940)."""
+        return round(float(self.level), 6)
 
     def code_terms(self, codes: torch.Tensor) -> list[torch.Tensor]:
         """The code-dependent part of every layer: [B, code_dim] -> list of [B, 1, width]."""

@@ -61,7 +61,8 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from imnet.atomic import atomic_path, check_output_dir, write_atomic
-from imnet.checkpoint import load_model, load_weights_file, save_checkpoint
+from imnet.calibration import choose_level
+from imnet.checkpoint import load_checkpoint, load_model, load_weights_file, save_checkpoint
 from imnet.config import AEConfig, SVRConfig, config_to_dict, format_config
 from imnet.datafile import LEVELS, ShapeData
 from imnet.datasets import AEDataset, SVRDataset, load_shapes, read_codes
@@ -76,6 +77,7 @@ from imnet.sampling import GRID, lattice_points
 
 __all__ = [
     "train_ae", "train_svr", "extract_codes", "occupancy_loss", "identification_loss", "learning_rate", "validate_ae",
+    "calibrate_level",
     "SetupError", "TrainingDiverged", "RunSummary", "Progress", "CSV_COLUMNS",
 ]
 
@@ -302,10 +304,24 @@ def train_ae(config: AEConfig, resume: bool = False, stop_after_epochs: int | No
                 if stop:
                     return _summary(runtime, log, model, progress, "ae", losses, stopped_early=True)
 
+        # The iso-level meshes are extracted at, measured on training shapes (imnet.calibration), then
+        # stored in the decoder of both checkpoints; the final validation already uses it.
+        calibration = None
+        if config.calibration_shapes and train_data.occupancy_64 is None and runtime.is_main:
+            print(f"iso-level stays 0.5: {config.data} has no occupancy_64 (the exact lattice) to calibrate it on")
+        if config.calibration_shapes and train_data.occupancy_64 is not None:
+            level, calibration = calibrate_level(model, train_data, runtime, config.calibration_shapes)
+            model.decoder.level.fill_(level)
+            if runtime.is_main:
+                _store_level(Path(config.out_dir), model, train_data, runtime, config.calibration_shapes)
+                chamfer = dict(zip(calibration["levels"], calibration["boundary_chamfer"]))
+                print(f"iso-level {level:g}, calibrated on {min(len(train_data), config.calibration_shapes)} training shapes: "
+                      f"boundary Chamfer {chamfer[level]:.3f} cells at {level:g}, {chamfer[0.5]:.3f} at 0.5 (imnet.calibration)")
         diagnostics = None
         if val_data is not None and config.final_val_resolution:
             diagnostics = validate_ae(model, val_data, runtime, config.final_val_resolution, config.final_val_shapes,
                                       train_data=train_data, previews=False, identify=True)
+            diagnostics.update(iso_level=model.decoder.iso_level, calibration=calibration)
         return _summary(runtime, log, model, progress, "ae", losses, diagnostics=diagnostics)
     finally:
         log.close()
@@ -374,6 +390,8 @@ def _check_ae_config(config: AEConfig) -> None:
         raise SetupError(f"give one epoch count per level: levels {config.levels}, epochs {config.epochs}")
     if any(e < 1 for e in config.epochs):
         raise SetupError(f"every level needs at least 1 epoch, got --epochs {_levels_text(config)}")
+    if config.calibration_shapes < 0:
+        raise SetupError(f"calibration_shapes must be 0 (no calibration) or more, got {config.calibration_shapes}")
     if not 0.0 <= config.uniform_fraction < 1.0:
         raise SetupError(f"uniform_fraction must be in [0, 1), got {config.uniform_fraction}")
     if config.loss not in ("bce", "mse"):
@@ -781,6 +799,26 @@ def _checkpoint(runtime, log, model: IMNet, optimizer, progress: Progress, confi
         log.written.add(Path(config.out_dir) / name)
 
 
+def _store_level(out_dir: Path, model: IMNet, data: ShapeData, runtime: Runtime, shapes: int) -> None:
+    """Write `model`'s decoder level into last.pt and best.pt. The run's last epoch wrote last.pt
+    from `model`; best.pt may hold an earlier epoch, which then gets a level of its own."""
+    current = model.state_dict()
+    for name in ("last.pt", "best.pt"):
+        path = out_dir / name
+        if not path.is_file():
+            continue
+        checkpoint = load_checkpoint(path)
+        weights = checkpoint["model"]
+        same = all(torch.equal(weights[key].cpu(), value.cpu()) for key, value in current.items() if key != "decoder.level" and key in weights)
+        level = model.decoder.level.detach().cpu()
+        if not same:
+            other, _ = load_model(path)
+            other.to(runtime.device)
+            level = torch.tensor(calibrate_level(other, data, runtime, shapes)[0], dtype=torch.float32)
+        weights["decoder.level"] = level.clone()
+        save_checkpoint(path, {k: v for k, v in checkpoint.items() if k not in ("format", "version")})
+
+
 def _summary(runtime, log, model, progress, stage, losses, diagnostics=None, stopped_early=False) -> RunSummary:
     """The run's summary; with `diagnostics` (a final validation), also writes diagnostics.json."""
     diagnostics = {k: v for k, v in (diagnostics or {}).items() if k != "previews"}
@@ -870,8 +908,8 @@ def _truth_grids(shapes: ShapeData, rows: range, resolution: int) -> tuple[np.nd
     return (voxels >= 0.5).numpy(), "voxels_max_pooled"
 
 
-def _lattice_occupancy(model: IMNet, code: torch.Tensor, points: np.ndarray, resolution: int, runtime: Runtime) -> np.ndarray:
-    """bool [R, R, R]: the decoder at the lattice `points` [R, R, R, 3] (> 0.5 inside)."""
+def _code_field(model: IMNet, code: torch.Tensor, runtime: Runtime):
+    """The decoder's occupancy for one code [code_dim]: points float32 [N, 3] -> [N]."""
     terms = model.decoder.code_terms(code[None])
 
     def field(p: np.ndarray) -> np.ndarray:
@@ -879,16 +917,46 @@ def _lattice_occupancy(model: IMNet, code: torch.Tensor, points: np.ndarray, res
             x = torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32)).to(runtime.device)[None]
             return model.decoder.forward_terms(x, terms)[0].float().cpu().numpy()
 
+    return field
+
+
+def _dense_values(field, points: np.ndarray) -> np.ndarray:
+    """float [...]: `field` at every point of `points` [..., 3]."""
+    flat = points.reshape(-1, 3)
+    return np.concatenate([field(flat[i : i + 65536]) for i in range(0, len(flat), 65536)]).reshape(points.shape[:-1])
+
+
+def _lattice_occupancy(model: IMNet, code: torch.Tensor, points: np.ndarray, resolution: int, runtime: Runtime) -> np.ndarray:
+    """bool [R, R, R]: the decoder at the lattice `points` [R, R, R, 3], inside above its level."""
+    field, level = _code_field(model, code, runtime), model.decoder.iso_level
     if resolution < 64:  # small: every lattice point
-        flat = points.reshape(-1, 3)
-        values = np.concatenate([field(flat[i : i + 65536]) for i in range(0, len(flat), 65536)])
-        return values.reshape(points.shape[:3]) > 0.5
+        return _dense_values(field, points) > level
     # 64^3: coarse-to-fine on the lattice, a grid whose cell centres are shifted by half a 256^3 voxel
     offset = np.float32(0.5 / GRID) if np.isclose(points[0, 0, 0, 0], -0.5 + 2.5 / GRID) else np.float32(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an empty field is a result here, not a warning
-        values, _ = coarse_to_fine_grid(lambda p: field(p + offset), resolution)
-    return values > 0.5
+        values, _ = coarse_to_fine_grid(lambda p: field(p + offset), resolution, level=level)
+    return values > level
+
+
+@torch.no_grad()
+def calibrate_level(model: IMNet, data: ShapeData, runtime: Runtime, max_shapes: int = 16) -> tuple[float, dict]:
+    """The iso-level at which the decoder's surfaces lie nearest the true ones on training shapes.
+
+    The decoder is evaluated at every point of the exact 64^3 lattice (`occupancy_64`) of the first
+    `max_shapes` shapes (also far from the surface: a level also decides which stray blobs appear)
+    and `imnet.calibration.choose_level` picks the level. Does not change the model. Returns
+    (level, table); needs `occupancy_64` in `data`.
+    """
+    if data.occupancy_64 is None:
+        raise ValueError(f"{data.path} has no occupancy_64 (the exact lattice): prepare it with data_prep to calibrate the level")
+    model.eval()
+    rows = _rows(len(data), max_shapes)
+    codes = _encode_voxels(model, data, rows, runtime)
+    points = lattice_points(64)
+    truths = np.asarray(data.occupancy_64[np.asarray(rows)]).astype(bool)
+    fields = [_dense_values(_code_field(model, code, runtime), points) for code in codes]
+    return choose_level(fields, truths)
 
 
 def _voxel_memory_format(device: torch.device) -> torch.memory_format:

@@ -38,6 +38,17 @@ def test_round_trip_restores_weights_and_plain_values(tmp_path):
     assert os.listdir(path.parent) == ["last.pt"]  # no temporary file left behind
 
 
+def test_the_decoders_iso_level_travels_with_the_weights_and_older_files_read_one_half(tmp_path):
+    model = write_model_checkpoint(tmp_path / "old.pt")
+    assert model.decoder.iso_level == 0.5
+    state = {k: v for k, v in model.state_dict().items() if k != "decoder.level"}  # written before the level existed
+    save_checkpoint(tmp_path / "old.pt", {"stage": "ae", "model_config": config_to_dict(SMALL), "model": state})
+    assert load_model(tmp_path / "old.pt")[0].decoder.iso_level == 0.5
+    model.decoder.level.fill_(0.65)
+    save_checkpoint(tmp_path / "new.pt", {"stage": "ae", "model_config": config_to_dict(SMALL), "model": model.state_dict()})
+    assert load_model(tmp_path / "new.pt")[0].decoder.iso_level == 0.65
+
+
 def test_failed_write_leaves_the_previous_checkpoint_intact(tmp_path):
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"stage": "ae", "progress": {"epoch": 1}})

@@ -98,6 +98,22 @@ def test_dense_and_coarse_to_fine_give_the_same_mesh(tiny_checkpoint, tmp_path):
     np.testing.assert_allclose(trimesh.load(a).vertices, trimesh.load(b).vertices, atol=1e-6)
 
 
+def test_the_default_level_is_the_checkpoints_own(tiny_checkpoint, tmp_path, capsys):
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+    checkpoint["model"]["decoder.level"] = torch.tensor(0.8)
+    calibrated = tmp_path / "calibrated.pt"
+    save_checkpoint(calibrated, {k: v for k, v in checkpoint.items() if k not in ("format", "version")})
+    a, b, c = tmp_path / "a.ply", tmp_path / "b.ply", tmp_path / "c.ply"
+    assert run("--checkpoint", calibrated, PHOTO, "-o", a, "--resolution", 40) == 0
+    assert '"level": 0.8' in capsys.readouterr().out
+    assert run("--checkpoint", tiny_checkpoint, PHOTO, "-o", b, "--resolution", 40, "--level", 0.8) == 0
+    assert run("--checkpoint", calibrated, PHOTO, "-o", c, "--resolution", 40, "--level", 0.5) == 0
+    np.testing.assert_array_equal(trimesh.load(a).vertices, trimesh.load(b).vertices)
+    assert trimesh.load(c, force="mesh").volume > trimesh.load(a, force="mesh").volume  # a lower level: a fatter shape
+    assert run("--checkpoint", calibrated, PHOTO, "-o", c, "--level", 1.5) == 2
+    assert "--level must be in (0, 1)" in capsys.readouterr().err
+
+
 def test_user_mistakes_give_one_line_and_no_output(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "out.obj"
     assert run("--checkpoint", tiny_checkpoint, tmp_path / "missing.png", "-o", out) == 2

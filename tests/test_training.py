@@ -8,6 +8,7 @@ import copy
 import csv
 import dataclasses
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -24,13 +25,16 @@ from imnet.model import IMNet
 from data_prep.synthetic import generate_shape
 from imnet.checkpoint import CheckpointError, load_checkpoint, load_model
 from imnet.config import AEConfig, ModelConfig, SVRConfig, config_to_dict
+from imnet.calibration import CANDIDATE_LEVELS
 from imnet.datafile import open_datafile, write_datafile
 from imnet.datasets import AEDataset, SVRDataset, jitter_view, read_codes
 from imnet.runlog import preview_image
+from imnet.runtime import Runtime
 from imnet.sampling import downsample_voxels, lattice_occupancy, lattice_points, sample_points
 from imnet.training import (
     SetupError,
     TrainingDiverged,
+    calibrate_level,
     extract_codes,
     identification_loss,
     learning_rate,
@@ -750,3 +754,30 @@ def test_divergence_before_the_first_checkpoint_says_there_is_none(shapes_file, 
     with pytest.raises(TrainingDiverged, match="No checkpoint was written yet") as error:
         train_ae(ae_config(shapes_file, tmp_path, levels=(16,), epochs=(1,)))
     assert "last.pt" not in str(error.value) and not (tmp_path / "last.pt").exists()
+
+
+def test_the_iso_level_is_calibrated_on_training_shapes_and_kept_in_checkpoints(shapes_file, ae_run, tmp_path):
+    """The end of IM-AE training measures the level (imnet.calibration) of the final weights and of
+    best.pt's (an earlier epoch here), writes each into its checkpoint's decoder and reports the
+    final one; IM-SVR inherits it with the decoder."""
+    diagnostics = json.loads((ae_run / "diagnostics.json").read_text())
+    level, table = diagnostics["iso_level"], diagnostics["calibration"]
+    assert level in CANDIDATE_LEVELS and table["levels"] == list(CANDIDATE_LEVELS)
+    assert dict(zip(table["levels"], table["boundary_chamfer"]))[level] == min(table["boundary_chamfer"])
+    runtime = Runtime.start("cpu", "fp32")
+    try:
+        for name in ("last.pt", "best.pt"):  # recomputed from the weights: the same choice
+            model, _ = load_model(ae_run / name)
+            stored = model.decoder.iso_level
+            model.decoder.level.fill_(0.5)
+            assert calibrate_level(model, open_datafile(shapes_file), runtime, 16)[0] == stored
+            if name == "last.pt":
+                assert stored == level
+    finally:
+        runtime.stop()
+
+    codes = extract_codes(ae_run / "best.pt", shapes_file, tmp_path / "codes.npz", device="cpu")
+    svr = train_svr(SVRConfig(data=str(shapes_file), ae_checkpoint=str(ae_run / "best.pt"), codes=str(codes),
+                              out_dir=str(tmp_path / "svr"), epochs=1, device="cpu"))
+    model, _ = load_model(svr.out_dir / "last.pt", stage="svr")
+    assert model.decoder.iso_level == stored
