@@ -7,7 +7,7 @@ import torchvision
 from imnet.checkpoint import CheckpointError, load_weights_file
 
 from imnet.config import ModelConfig
-from imnet.model import Decoder, IMNet, ImageEncoder, PointEncoding, VoxelEncoder
+from imnet.model import Decoder, IMNet, ImageEncoder, MatmulConv2d, PointEncoding, VoxelEncoder
 
 SMALL = ModelConfig(code_dim=32, decoder_widths=(64, 64, 32), voxel_channels=(8, 8, 16, 16))
 
@@ -55,6 +55,32 @@ def test_image_encoder_works_at_its_image_size():
     assert ModelConfig.paper().image_size == 128 and ModelConfig().image_size == 64
     with pytest.raises(ValueError, match="image_size must be in 32..128"):
         ImageEncoder(image_size=256)
+
+
+@pytest.mark.parametrize("stride, padding, kernel, side", [(1, 1, 3, 2), (2, 1, 3, 4), (2, 0, 1, 4), (1, 2, 3, 3)])
+def test_matmul_conv2d_is_the_same_convolution_forward_and_backward(stride, padding, kernel, side):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 16, kernel, stride, padding, bias=True).double()
+    matmul = MatmulConv2d.from_conv(conv)
+    assert matmul.weight is conv.weight and list(matmul.state_dict()) == list(conv.state_dict())
+    x = torch.randn(3, 8, side, side, dtype=torch.float64, requires_grad=True)
+    a, b = conv(x), matmul(x)
+    torch.testing.assert_close(a, b)
+    grads = [torch.autograd.grad(y.square().sum(), (x, conv.weight, conv.bias)) for y in (a, b)]
+    for ga, gb in zip(*grads):
+        torch.testing.assert_close(ga, gb)
+    with pytest.raises(ValueError, match="ungrouped"):
+        MatmulConv2d.from_conv(torch.nn.Conv2d(8, 16, 3, groups=2))
+
+
+def test_the_resnets_last_stage_uses_matmul_convolutions_at_64_only():
+    """Where oneDNN's weight gradients on 2x2 maps are slow; the state dict is torchvision's either way."""
+    small, large = ImageEncoder(code_dim=8, image_size=64), ImageEncoder(code_dim=8, image_size=128)
+    kinds = lambda encoder: {type(m) for m in encoder.net.layer4.modules() if isinstance(m, torch.nn.Conv2d)}
+    assert kinds(small) == {MatmulConv2d} and kinds(large) == {torch.nn.Conv2d}
+    assert type(small.net.layer3[0].conv1) is torch.nn.Conv2d
+    assert small.state_dict().keys() == large.state_dict().keys()
+    large.load_state_dict(small.state_dict())  # weights move between sizes (e.g. an SVR rebuilt at another size)
 
 
 def test_point_scale_with_fourier_octaves_is_refused():
