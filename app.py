@@ -527,7 +527,10 @@ def build_app(
 
         inputs = [upload, category, resolution, level, light_azimuth, light_elevation, session]
         outputs = [picture, network_input, viewer, relit, turntable, depth, normals, *downloads, status, session]
-        category.change(lambda name: model_level(models[name]) if name in models else gr.update(), category, level)
+        def level_of_category(name):  # the slider follows the chosen model's own level
+            return model_level(models[name]) if name in models else gr.update()
+
+        category.change(level_of_category, category, level)
         gr.on([upload.upload, button.click], run, inputs, outputs, concurrency_limit=concurrency,
               concurrency_id="reconstruct")
         gr.on([light_azimuth.release, light_elevation.release], relight,

@@ -1,4 +1,4 @@
-"""IM-AE training throughput: decoder points per second through the real training loop vs bare.
+"""IM-AE and IM-SVR training throughput: decoder points/s through the real loop vs bare; IM-SVR images/s.
 
     python bench/bench_train.py                   # CPU, about a minute and a half
     python bench/bench_train.py --device cuda     # the paper's batch: 32 shapes x 4096 points
@@ -12,6 +12,10 @@ backward, points per second counted as shapes x points per shape:
                    DataLoader, host-to-device copies, NaN checks, progress bar, logging
 
 Medians over steps (raw) and epochs (loop, first epoch left out), so a busy machine skews less.
+
+And the IM-SVR step (ResNet-18 image encoder at its default 64x64, 16 views, channels-last, fused
+Adam), in images per second: as the model builds it (the last stage's convolutions as matmuls,
+`imnet.model.MatmulConv2d`) and with plain `nn.Conv2d` there (oneDNN on CPUs, cuDNN on GPUs).
 
 train_loop / ae_step_raw is the cost of data loading and bookkeeping; train_loop / decoder_raw
 also counts the voxel encoder, which the loop runs once per shape and step.
@@ -37,7 +41,7 @@ import torch.nn.functional as F
 from imnet.config import AEConfig, ModelConfig
 from imnet.datafile import open_datafile
 from imnet.precision import resolve_device, resolve_precision
-from imnet.model import IMNet
+from imnet.model import IMNet, ImageEncoder, MatmulConv2d
 from imnet.training import train_ae
 
 RESULTS = Path(__file__).parent / "results" / "train.json"
@@ -92,6 +96,37 @@ def bench_raw(model: IMNet, device: torch.device, batch: int, points: int, steps
     }
 
 
+def bench_svr_step(device: torch.device, batch: int, steps: int, amp: bool) -> dict[str, float]:
+    """Images per second of an IM-SVR step, the last stage's convolutions as matmuls and as plain nn.Conv2d."""
+    result = {}
+    for name in ("matmul_last_stage", "conv2d_last_stage"):
+        torch.manual_seed(0)
+        encoder = ImageEncoder(code_dim=128, image_size=64)
+        if name == "conv2d_last_stage":
+            for module in list(encoder.net.layer4.modules()):
+                for child_name, child in list(module.named_children()):
+                    if isinstance(child, MatmulConv2d):
+                        plain = torch.nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                                                child.padding, bias=child.bias is not None)
+                        plain.weight = child.weight
+                        setattr(module, child_name, plain)
+        encoder = encoder.to(device).to(memory_format=torch.channels_last).train()
+        optimizer = torch.optim.Adam(encoder.parameters(), fused=device.type in ("cpu", "cuda"))
+        images = torch.rand(batch, 1, 128, 128, device=device).contiguous(memory_format=torch.channels_last)
+        target = torch.randn(batch, 128, device=device)
+
+        def step():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = F.mse_loss(encoder(images).float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        step()  # a second warm-up: oneDNN picks its kernels on the first calls
+        result[name] = points_per_second(step, device, batch, steps)
+    return result
+
+
 def bench_train_loop(data: Path, device: str, batch: int, points: int, epochs: int, workers: int, out_dir: Path) -> tuple[float, int]:
     """Points per second of a real `train_ae` run (median epoch after the first); also the number of shapes."""
     config = AEConfig(
@@ -142,6 +177,7 @@ def main() -> None:
         data = Path(args.data) if args.data else prepare_data(shapes, tmp / "data")
         torch.manual_seed(0)
         raw = bench_raw(IMNet(ModelConfig()).to(device), device, batch, points, raw_steps, amp)
+        svr = bench_svr_step(device, 16, 2 * raw_steps, amp)
         train, n_shapes = bench_train_loop(data, str(device), batch, points, args.epochs, args.workers, tmp / "run")
 
     result = {
@@ -158,6 +194,8 @@ def main() -> None:
                               "train_loop": round(train)},
         "train_loop_vs_decoder_raw": round(train / raw["decoder_raw"], 3),
         "train_loop_vs_ae_step_raw": round(train / raw["ae_step_raw"], 3),
+        "svr_step_images_per_second": {name: round(value, 1) for name, value in svr.items()},
+        "svr_step_speedup_of_matmul_last_stage": round(svr["matmul_last_stage"] / svr["conv2d_last_stage"], 3),
         "seconds": round(time.perf_counter() - started, 1),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ from app import (
     render_views,
     safe_stem,
 )
+from imnet.checkpoint import save_checkpoint
 from imnet.images import ImageError
 
 # gradio 6.31's queue calls pandas options that pandas 3 deprecates; not ours to fix.
@@ -389,6 +390,20 @@ def test_an_error_clears_the_previous_pictures_results(tiny_checkpoint, tmp_path
     assert all(not button.interactive and button.value is None for button in downloads)
     assert status.startswith("**Cannot reconstruct this picture**: notes.png: not an image")
     assert not session.folder.exists()  # the earlier mesh files went with their session
+
+
+def test_the_iso_level_slider_starts_at_each_models_own_level(tiny_checkpoint, tmp_path):
+    from app import build_app
+
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+    checkpoint["model"]["decoder.level"] = torch.tensor(0.65)
+    calibrated = tmp_path / "table" / "best.pt"
+    save_checkpoint(calibrated, {k: v for k, v in checkpoint.items() if k not in ("format", "version")})
+    demo = build_app({"chair": tiny_checkpoint, "table": calibrated}, device="cpu", default_resolution=32)
+    slider = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "level")
+    assert slider.value == 0.5  # the first model's (an uncalibrated checkpoint: 0.5)
+    pick = next(f.fn for f in demo.fns.values() if f.name == "level_of_category")
+    assert pick("table") == 0.65 and pick("chair") == 0.5
 
 
 def test_sigterm_stops_the_app_and_removes_its_temporary_folder(tiny_checkpoint, tmp_path, monkeypatch, capsys):
