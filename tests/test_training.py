@@ -781,3 +781,18 @@ def test_the_iso_level_is_calibrated_on_training_shapes_and_kept_in_checkpoints(
                               out_dir=str(tmp_path / "svr"), epochs=1, device="cpu"))
     model, _ = load_model(svr.out_dir / "last.pt", stage="svr")
     assert model.decoder.iso_level == stored
+
+
+def test_without_the_exact_lattice_the_level_stays_one_half_and_the_run_says_why(shapes_file, tmp_path, capsys):
+    """IM-NET's published files have no occupancy_64: nothing to calibrate on."""
+    data = open_datafile(shapes_file)
+    records = [{"voxels": data.voxels[i], **{f"{kind}_{level}": data.point_indices(level, i) if kind == "points"
+                                            else data.values(level, i).astype(np.uint8)
+                                            for level in (16, 32, 64) for kind in ("points", "values")}}
+               for i in range(2)]
+    bare = write_datafile(tmp_path / "bare.hdf5", records, ["a/1", "a/2"])
+    assert open_datafile(bare).occupancy_64 is None
+    config = ae_config(bare, tmp_path / "run", val_data="", epochs=(1, 1))
+    train_ae(config)
+    assert "iso-level stays 0.5" in capsys.readouterr().out
+    assert load_model(tmp_path / "run" / "last.pt")[0].decoder.iso_level == 0.5
