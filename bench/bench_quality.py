@@ -9,11 +9,12 @@ Data: the demo's generated chairs (`python -m data_prep synthetic --categories c
 prepared once in `--work` (default bench_out/quality). Every run is the real programs: train.py
 ae / codes / svr and `python -m eval run`, as a user would type them.
 
-- **Learning curve**: the demo's schedule (demo.sh) scaled by `--scales` (default 1, 3, 6: the AE and
-  SVR epochs multiplied), then `eval run` on the held-out chairs beside the retrieval baseline:
+- **Learning curve**: the demo's training minutes (what demo.sh gives the two stages on 2 AVX2 cores:
+  IM-AE 3.5, IM-SVR 4.3) scaled by `--scales` (default 1, 3, 6), then `eval run` on the held-out
+  chairs beside the retrieval baseline:
   IoU, CD-L1, F@1%, self-match, pred-pred vs gt-gt IoU, plus the AE's IoU at 64^3 on training and
   held-out shapes and the CPU minutes spent.
-- **Ablations**: one change at a time from the default recipe at scale 1. IM-AE changes are scored
+- **Ablations**: one change at a time from the default recipe at scale 1 (equal minutes). IM-AE changes are scored
   by the AE's held-out IoU at 64^3 (diagnostics.json) and by its meshes (Chamfer-L1 and the number
   of mesh components against the exact-lattice truth, `ae_surfaces`); IM-SVR changes (trained on the default AE)
   by the SVR's held-out lattice IoU and self-match.
@@ -38,8 +39,8 @@ SYNSET = "03001627"
 
 DEMO_MODEL = ["--decoder-widths", "256,256,128,64,32", "--voxel-channels", "8,16,32,64"]
 PAPER_MODEL = ["--decoder-widths", "2048,1024,512,256,128", "--voxel-channels", "32,64,128,256"]
-AE_EPOCHS = (3, 5, 20)  # demo.sh: --epochs 16:3,32:5,64:20
-SVR_EPOCHS = 17
+AE_LEVELS = "16:3,32:5,64:20"  # demo.sh: the shares of the IM-AE minutes that its levels get
+AE_MINUTES, SVR_MINUTES = 3.5, 4.3  # what demo.sh's 850 s budget leaves the two stages on 2 AVX2 cores
 DEMO_SVR: list[str] = []
 
 # name -> (stage, extra options): one change from the default recipe each.
@@ -58,7 +59,7 @@ ABLATIONS = {
     "svr_default": ("svr", []),
     "svr_augment": ("svr", ["--augment"]),
     "svr_occupancy_loss": ("svr", ["--occupancy-weight", "1"]),
-    "svr_image_size_128": ("svr", ["--image-size", "128"]),  # at equal epochs: twice the time (S2 compares at equal minutes)
+    "svr_image_size_128": ("svr", ["--image-size", "128"]),
     "svr_32_images_per_step": ("svr", ["--batch-shapes", "32"]),
     "svr_identification_loss": ("svr", ["--match-weight", "0.1"]),  # docs/training.md S3
     "svr_flip": ("svr", ["--flip"]),
@@ -88,11 +89,10 @@ def prepare_data(work: Path, count: int) -> tuple[Path, Path, float]:
 
 
 def train_ae(out: Path, train: Path, test: Path, scale: float, model: list[str], extra: list[str], device: str) -> float:
-    epochs = ",".join(f"{level}:{max(1, round(e * scale))}" for level, e in zip((16, 32, 64), AE_EPOCHS))
     cmd = [sys.executable, "train.py", "ae", "--data", str(train), "--val-data", str(test), "--out-dir", str(out),
-           "--epochs", epochs, "--val-every", "1000", "--checkpoint-every", "1000", "--final-val-shapes", "48",
-           "--device", device, *model, *extra]
-    if "--preset" in extra:  # the paper's schedule would be hours: same epochs, its other settings
+           "--epochs", AE_LEVELS, "--minutes", f"{AE_MINUTES * scale:g}", "--val-every", "1000", "--checkpoint-every", "1000",
+           "--final-val-shapes", "48", "--device", device, *model, *extra]
+    if "--preset" in extra:  # the paper's schedule would be hours: the same minutes, its other settings
         cmd += ["--batch-shapes", "32"]
     return run(cmd, out.with_suffix(".log"))
 
@@ -104,7 +104,7 @@ def train_codes(ae: Path, train: Path, test: Path, out: Path, device: str) -> fl
 
 def train_svr(out: Path, ae: Path, codes: Path, train: Path, test: Path, scale: float, extra: list[str], device: str) -> float:
     cmd = [sys.executable, "train.py", "svr", "--data", str(train), "--val-data", str(test), "--ae-checkpoint",
-           str(ae / "last.pt"), "--codes", str(codes), "--out-dir", str(out), "--epochs", str(max(1, round(SVR_EPOCHS * scale))),
+           str(ae / "last.pt"), "--codes", str(codes), "--out-dir", str(out), "--minutes", f"{SVR_MINUTES * scale:g}",
            "--val-every", "1000", "--checkpoint-every", "1000", "--device", device, *DEMO_SVR, *extra]
     return run(cmd, out.with_suffix(".log"))
 
@@ -166,7 +166,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="bench_out/quality", help="working folder (data and runs; default %(default)s)")
     p.add_argument("--count", type=int, default=400, help="generated chairs (default %(default)s, as the demo)")
-    p.add_argument("--scales", default="1,3,6", help="learning-curve budgets as multiples of the demo's epochs")
+    p.add_argument("--scales", default="1,3,6", help="learning-curve budgets as multiples of the demo's training minutes")
     p.add_argument("--only", choices=["curve", "ablations"], help="run only one part")
     p.add_argument("--ablations", default="", help="comma-separated subset of: " + ", ".join(ABLATIONS))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
@@ -194,6 +194,7 @@ def main() -> int:
             svr_s = train_svr(run_dir / "svr", run_dir / "ae", run_dir / "codes.npz", train, test, scale, [], args.device)
             summary, eval_s = evaluate(run_dir / "svr", train, test, run_dir / "eval", args.device)
             curve[name] = {
+                "budget_minutes": {"ae": AE_MINUTES * scale, "svr": SVR_MINUTES * scale},
                 "train_cpu_minutes": round((ae_s + codes_s + svr_s) / 60, 2),
                 "ae_minutes": round(ae_s / 60, 2), "svr_minutes": round(svr_s / 60, 2), "eval_minutes": round(eval_s / 60, 2),
                 "ae": {**diagnostics(run_dir / "ae"), **ae_surfaces(run_dir / "ae", test)}, "svr": diagnostics(run_dir / "svr"),

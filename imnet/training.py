@@ -23,7 +23,9 @@ The recipe (defaults of `imnet.config`; docs/training.md has the ablations behin
   step, a random one of the 24 views per shape and epoch, no augmentation by default, the ResNet at
   64x64 (`image_size`: twice the steps per CPU minute of 128x128, better at equal time); an
   occupancy loss through the frozen decoder and an identification loss (`identification_loss`) are
-  options that did not help in our ablations.
+  options that did not help in our ablations;
+- IM-AE ends by measuring the iso-level of the meshes on training shapes (`calibrate_level`,
+  `imnet.calibration`), stored in the decoder (`Decoder.level`) and so inherited by IM-SVR.
 
 Every run writes to `config.out_dir`:
     last.pt         the latest checkpoint (atomic); `resume=True` continues from it exactly
