@@ -142,7 +142,7 @@ def conventions(run: dict, has_retrieval: bool) -> list[str]:
         f"Input: view {run['view']} of each test shape, the 128x128 crop [4:132, 4:132] of the stored 137x137 "
         "rendering (what the network was trained on). Conventions and metrics: docs/conventions.md."
         + (f" Reconstruction: coarse-to-fine marching cubes at {run['resolution']}^3, level {run.get('level') or 0.5:g} "
-           "(the checkpoint's, calibrated on its training shapes)."
+           "(the checkpoint's own iso-level)."
            if run.get("resolution") else f" Meshes read from {run['meshes']}."),
         "Ground truth: the source mesh of each shape normalised with the data file's centre/scale (source_mesh), "
         "else the marching-cubes surface of the stored 64^3 voxels (voxels64). Used here: "
