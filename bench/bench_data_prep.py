@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,15 +21,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per worker, as in `dat
 
 import numpy as np
 
-from data_prep import pipeline, sources
-from data_prep.synthetic import generate_shape
-from imnet import datafile
-from imnet.mesh import load_mesh, normalisation, normalise
-from imnet.render import sample_r2n2_cameras
-from imnet.sampling import downsample_voxels, sample_points
-from imnet.voxelize import voxelize_solid
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # data_prep is a program folder at the top of the checkout, not installed
+from data_prep import pipeline, sources  # noqa: E402
+from data_prep.synthetic import generate_shape  # noqa: E402
+from imnet import datafile  # noqa: E402
+from imnet.mesh import load_mesh, normalisation, normalise  # noqa: E402
+from imnet.render import sample_r2n2_cameras  # noqa: E402
+from imnet.sampling import downsample_voxels, sample_points  # noqa: E402
+from imnet.voxelize import voxelize_solid  # noqa: E402
+
 STAGES = ("load", "voxelise", "sample", "render", "write")
 
 

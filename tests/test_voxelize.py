@@ -167,6 +167,20 @@ def test_geometry_outside_bounds_is_ignored():
     np.testing.assert_array_equal(voxelize_solid(with_far_away, resolution=32), voxelize_solid(sphere, resolution=32))
 
 
+def test_geometry_entirely_outside_bounds_gives_no_voxels():
+    assert not voxelize_solid(_box([2.0, 2.0, 2.0], [3.0, 3.0, 3.0]), resolution=16).any()
+
+
+def test_shapes_in_a_corner_and_apart_are_exact():
+    # The labelling runs only inside the walls' bounding box; parts far apart and in a corner
+    # of the grid must come out the same as each on its own.
+    corner = _box([-0.5, -0.5, -0.5], [-0.3, -0.2, -0.35])
+    ball = trimesh.creation.icosphere(subdivisions=3, radius=0.12).apply_translation([0.3, 0.3, 0.3])
+    both = voxelize_solid(trimesh.util.concatenate([corner, ball]), resolution=64)
+    np.testing.assert_array_equal(both, voxelize_solid(corner, resolution=64) | voxelize_solid(ball, resolution=64))
+    assert _iou(both, _exact(corner, ball, resolution=64)) >= 0.98
+
+
 def test_shape_filling_the_whole_box():
     assert voxelize_solid(trimesh.creation.box(extents=[1, 1, 1]), resolution=16).all()
 
