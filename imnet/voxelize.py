@@ -16,7 +16,8 @@ How it works (R = resolution, g = `close_gaps`):
 2. **Certain exterior and interior.** Voxels at either end of a blocked edge are *walls*. Walls are
    dilated by a (2g+1)^3 cube, which closes every hole in the surface narrower than about 2g
    voxels. Of the free voxels left, those connected (6-connectivity) to the border of a padded grid
-   are outside for certain, all others inside for certain.
+   are outside for certain, all others inside for certain. (Both steps run only inside the box
+   around the walls: everything beyond it is free and connected to the border anyway.)
 3. **Growing back to the surface.** The dilated band between them is undecided: the dilation
    pushed the outside up to g voxels away from the surface and shut narrow slots (between the
    slats of a chair back, say). Exterior and interior are grown into the band in turns, one
