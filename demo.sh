@@ -15,7 +15,7 @@ cd "$(dirname "$0")"
 
 OUT=${OUT:-demo_out}
 BUDGET=${BUDGET:-850}
-COUNT=${COUNT:-560}  # generated chairs; 80 of them are held out for evaluation
+COUNT=${COUNT:-400}  # generated chairs; 80 of them are held out for evaluation
 HELD_OUT=80
 SYNSET=03001627  # chair
 PY=${PYTHON:-python}
@@ -34,8 +34,8 @@ MODEL=(--decoder-widths 256,256,128,64,32 --voxel-channels 8,16,32,64)
 # Minutes for IM-AE (45%) and IM-SVR (55%: its self-match is what lags). Kept back for the steps
 # around training (final validations, the iso-level calibration, codes, reconstruction, evaluation of
 # the 80 held-out chairs): 4.0x the seconds that 400 shapes of data took, i.e. this CPU's speed
-# (on 2 AVX2 cores those steps took 3.0-3.1x that time, 207-220 s, ending runs at 774-789 s; in a
-# slow hour, before the voxeliser got faster, 257 s).
+# (on 2 AVX2 cores those steps took 3.0-3.1x that time, 207-220 s, in runs of 560 and 720 chairs
+# that ended at 769-789 s; in a slow hour, before the voxeliser got faster, 257 s).
 data_seconds=$(( $(date +%s) - start ))
 read -r AE_MINUTES SVR_MINUTES < <(awk -v budget="$BUDGET" -v data="$data_seconds" -v count="$COUNT" -v share=0.45 'BEGIN {
     train = budget - data - 4.0 * data * 400 / count; if (train < 120) train = 120
