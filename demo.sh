@@ -33,12 +33,12 @@ MODEL=(--decoder-widths 256,256,128,64,32 --voxel-channels 8,16,32,64)
 
 # Minutes for IM-AE (45%) and IM-SVR (55%: its self-match is what lags). Kept back for the steps
 # around training (final validations, the iso-level calibration, codes, reconstruction, evaluation of
-# the 80 held-out chairs): 4.0x the seconds that 400 shapes of data took, i.e. this CPU's speed
-# (on 2 AVX2 cores those steps took 3.0-3.1x that time, 207-220 s, in runs of 560 and 720 chairs
-# that ended at 769-789 s; in a slow hour, before the voxeliser got faster, 257 s).
+# the 80 held-out chairs): 3.4x the seconds that 400 shapes of data took, i.e. this CPU's speed
+# (on 2 AVX2 cores those steps took 2.7-3.1x that time, 205-220 s; at 4.0x runs ended at 747-789 s;
+# in a slow hour, before the voxeliser got faster, they took 257 s).
 data_seconds=$(( $(date +%s) - start ))
 read -r AE_MINUTES SVR_MINUTES < <(awk -v budget="$BUDGET" -v data="$data_seconds" -v count="$COUNT" -v share=0.45 'BEGIN {
-    train = budget - data - 4.0 * data * 400 / count; if (train < 120) train = 120
+    train = budget - data - 3.4 * data * 400 / count; if (train < 120) train = 120
     printf "%.2f %.2f\n", share * train / 60, (1 - share) * train / 60 }')
 echo "training budget: IM-AE $AE_MINUTES min, IM-SVR $SVR_MINUTES min (data took ${data_seconds}s of ${BUDGET}s)"
 
