@@ -40,7 +40,7 @@ SYNSET = "03001627"
 DEMO_MODEL = ["--decoder-widths", "256,256,128,64,32", "--voxel-channels", "8,16,32,64"]
 PAPER_MODEL = ["--decoder-widths", "2048,1024,512,256,128", "--voxel-channels", "32,64,128,256"]
 AE_LEVELS = "16:3,32:5,64:20"  # demo.sh: the shares of the IM-AE minutes that its levels get
-AE_MINUTES, SVR_MINUTES = 3.5, 4.3  # what demo.sh's 850 s budget leaves the two stages on 2 AVX2 cores
+AE_MINUTES, SVR_MINUTES = 3.5, 4.3  # what demo.sh's 850 s budget left the stages on 2 AVX2 cores (before the faster voxeliser: now ~0.5 min more)
 DEMO_SVR: list[str] = []
 
 # name -> (stage, extra options): one change from the default recipe each.

@@ -234,7 +234,8 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
 def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
     """Slices of the smallest box holding every True voxel of `mask`, grown by `margin` voxels.
 
-    The caller's padding must leave room for the margin: the box must not reach the grid's edge.
+    Clipped at the grid; `voxelize_solid` pads the grid by more than the margin, so there the box's
+    outer layer is always free voxels, which is what makes its corner an exterior seed.
     """
     box = []
     for axis in range(3):
