@@ -29,6 +29,7 @@ from pathlib import Path
 
 from imnet.checkpoint import CheckpointError, load_checkpoint
 from imnet.config import AEConfig, ModelConfig, SVRConfig, config_from_dict
+from imnet.speed import training_speed
 from imnet.training import SetupError, TrainingDiverged, extract_codes, train_ae, train_svr
 
 
@@ -80,6 +81,24 @@ def add_run_options(p: argparse.ArgumentParser, defaults: AEConfig | SVRConfig) 
                    help="stop after this many epochs of this call (resumable), e.g. to fit a time slot")
 
 
+def add_model_options(p: argparse.ArgumentParser, model: ModelConfig) -> None:
+    """Options that name the architecture (`ModelConfig`)."""
+    p.add_argument("--code-dim", type=int, help=f"shape code size (default {model.code_dim})")
+    p.add_argument("--decoder-widths", type=int_tuple, metavar="W,...", help=f"decoder hidden widths (default {','.join(map(str, model.decoder_widths))})")
+    p.add_argument("--no-decoder-skips", dest="decoder_skips", action="store_false",
+                   help="do not feed [point, code] to every decoder layer (the paper does)")
+    p.add_argument("--voxel-channels", type=int_tuple, metavar="C,...", help="voxel encoder channels "
+                   f"(default {','.join(map(str, model.voxel_channels))})")
+    p.add_argument("--voxel-norm", choices=["batch", "instance", "none"], help=f"voxel encoder normalisation (default {model.voxel_norm})")
+    p.add_argument("--point-octaves", type=int, help=f"Fourier feature octaves of the query point; 0: raw coordinates (paper) "
+                   f"(default {model.point_octaves})")
+    p.add_argument("--point-scale", type=float, help="with --point-octaves 0 only: the decoder sees this times the point "
+                   f"(default {model.point_scale}; the paper: 1)")
+    p.add_argument("--code-activation", choices=["none", "sigmoid"], help=f"shape code activation; sigmoid is the paper's "
+                   f"(default {model.code_activation})")
+    p.add_argument("--decoder-init", choices=["blocks", "imnet"], help=f"decoder weight initialisation (default {model.decoder_init})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,20 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-shapes", type=int, help="training shapes on which the iso-level of the meshes is "
                    "measured at the end (stored in the checkpoint; reconstruct.py, eval and the app use it); 0: keep 0.5 "
                    f"(default {ae_defaults.calibration_shapes})")
-    p.add_argument("--code-dim", type=int, help=f"shape code size (default {model.code_dim})")
-    p.add_argument("--decoder-widths", type=int_tuple, metavar="W,...", help=f"decoder hidden widths (default {','.join(map(str, model.decoder_widths))})")
-    p.add_argument("--no-decoder-skips", dest="decoder_skips", action="store_false",
-                   help="do not feed [point, code] to every decoder layer (the paper does)")
-    p.add_argument("--voxel-channels", type=int_tuple, metavar="C,...", help="voxel encoder channels "
-                   f"(default {','.join(map(str, model.voxel_channels))})")
-    p.add_argument("--voxel-norm", choices=["batch", "instance", "none"], help=f"voxel encoder normalisation (default {model.voxel_norm})")
-    p.add_argument("--point-octaves", type=int, help=f"Fourier feature octaves of the query point; 0: raw coordinates (paper) "
-                   f"(default {model.point_octaves})")
-    p.add_argument("--point-scale", type=float, help="with --point-octaves 0 only: the decoder sees this times the point "
-                   f"(default {model.point_scale}; the paper: 1)")
-    p.add_argument("--code-activation", choices=["none", "sigmoid"], help=f"shape code activation; sigmoid is the paper's "
-                   f"(default {model.code_activation})")
-    p.add_argument("--decoder-init", choices=["blocks", "imnet"], help=f"decoder weight initialisation (default {model.decoder_init})")
+    add_model_options(p, model)
 
     p = sub.add_parser("codes", help="encode every shape with a trained IM-AE",
                        description="Write the IM-AE codes of the training (and validation) shapes to a .npz "
@@ -152,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-views", type=int, help="train on views 0..K-1 only, keeping the others held out "
                    "for testing (default: all 24)")
     p.add_argument("--val-view", type=int, help=f"the view (0-23) used for validation (default {svr_defaults.val_view})")
+
+    p = sub.add_parser("speed", argument_default=argparse.SUPPRESS, help="measure this machine's training steps per second",
+                       description="Time IM-AE and IM-SVR training steps of the given architecture on random inputs "
+                       "(imnet.speed) and print one line: ae_steps_per_second=... svr_steps_per_second=... device=... "
+                       "precision=... `make demo` sizes its data with it.")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="auto: cuda, else mps, else cpu (default auto)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="as in training (default auto)")
+    p.add_argument("--seconds", type=float, help="time each stage's steps for this long (default 2)")
+    p.add_argument("--image-size", type=int, help=f"the IM-SVR ResNet's input side (default {svr_defaults.image_size})")
+    add_model_options(p, model)
     return parser
 
 
@@ -181,6 +197,18 @@ def make_config(cls: type, args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "speed":
+            options = vars(args)
+            model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+            model_config = ModelConfig(**{k: v for k, v in options.items() if k in model_fields})
+            svr_config = SVRConfig(image_size=options.get("image_size", SVRConfig().image_size))
+            try:
+                speed = training_speed(model_config, svr=svr_config, device=options.get("device", "auto"),
+                                       precision=options.get("precision", "auto"), seconds=options.get("seconds", 2.0))
+            except ValueError as e:  # a setting the networks reject, or a device that is not here
+                raise SetupError(str(e)) from None
+            print(speed)
+            return 0
         if args.command == "codes":
             out = extract_codes(args.checkpoint, args.data, args.out, args.val_data, args.device, args.batch_shapes)
             print(f"codes: wrote {out}")
