@@ -13,6 +13,9 @@
 3. `svr`: a ResNet-18 learns to predict a shape's code from one of its rendered views; the decoder
    is frozen, so the SVR checkpoint reconstructs meshes from images on its own.
 
+`python train.py speed [model options]` times both stages' training steps on this machine (random
+inputs, ~10 s) and prints one line: the steps per second, the device and the precision.
+
 Add --resume to continue a run in --out-dir exactly where it stopped (level, epoch, optimiser,
 random streams); options given with --resume override the saved ones. Several GPUs or CPU
 processes: `torchrun --nproc_per_node N train.py ae ...` (batch per process, lr not scaled).

@@ -3,11 +3,13 @@
     speed = training_speed(ModelConfig(decoder_widths=(256, 256, 128, 64, 32)))
     speed.ae_steps_per_second, speed.svr_steps_per_second
 
-Each stage's real step (the same modules, memory formats, precision policy, loss and fused Adam as
-`imnet.training`) is timed on random inputs of the stage's batch shape, after a few warm-up steps
-(the first calls pick kernels). `make demo` uses it to size its data to the machine: at three times
-the training steps per minute, twice the training chairs measured far better, while at the 2-core
-reference speed they did not (docs/training.md, D3). Other callers: anyone planning a run.
+Each stage's step (the same modules, memory formats, precision policy, loss and fused Adam as
+`imnet.training`, whose helpers it borrows) is timed on random inputs of the stage's batch shape,
+after a few warm-up steps (the first calls pick kernels). Data loading is not included: the
+training loops read from memory. `make demo` uses it to size its data to the machine: at three
+times the training steps per minute, twice the training chairs measured far better, while at the
+2-core reference speed they did not (docs/training.md, D3). With the epochs a run needs, it also
+says how many minutes that run will take here.
 """
 
 from __future__ import annotations
