@@ -9,6 +9,7 @@ what the network learned.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,14 @@ import torch
 from imnet.checkpoint import save_checkpoint
 from imnet.config import ModelConfig, config_to_dict
 from imnet.model import IMNet
+
+def load_train_cli():
+    """train.py as a module (it is a program, not part of the package), for calling `main(argv)`."""
+    spec = importlib.util.spec_from_file_location("train_cli", Path(__file__).resolve().parents[1] / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 # Plain scaled coordinates, not the default Fourier features: a piecewise-linear decoder, which the
 # certified-extraction tests bound tightly.

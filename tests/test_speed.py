@@ -1,14 +1,11 @@
 """imnet.speed and `train.py speed`: the measured training steps per second that `make demo` sizes its data by."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from conftest import load_train_cli
 
 from imnet.config import AEConfig, ModelConfig, SVRConfig
 from imnet.speed import TrainingSpeed, training_speed
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ModelConfig(code_dim=16, decoder_widths=(32, 32, 16), voxel_channels=(2, 4, 8, 8))
 
 
@@ -29,13 +26,6 @@ def test_training_speed_rejects_bad_settings():
         training_speed(TINY, device="cpu", seconds=0)
     with pytest.raises(ValueError, match="precision must be one of"):
         training_speed(TINY, device="cpu", precision="fp16")
-
-
-def load_train_cli():
-    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_cli_speed_prints_one_parseable_line_and_bad_input_is_one_line(capsys):

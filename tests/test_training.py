@@ -7,7 +7,6 @@ views (silhouettes of the voxels) for IM-SVR. Models use reduced widths to stay 
 import copy
 import csv
 import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_train_cli
 from torch.utils.data.distributed import DistributedSampler
 
 import imnet.training
@@ -101,13 +101,6 @@ def ae_run(shapes_file, tmp_path_factory) -> Path:
     out_dir = tmp_path_factory.mktemp("ae")
     train_ae(ae_config(shapes_file, out_dir))
     return out_dir
-
-
-def load_train_cli():
-    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ---------------------------------------------------------------------------------------------
