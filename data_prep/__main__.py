@@ -85,9 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("binvox", help="binvox voxel files (ShapeNetVox32, v2 *.solid.binvox, any binvox)",
                        epilog=EPILOG, description="Prepare solid binvox files. Views come from --r2n2 when "
-                       "given, else are rendered from the voxels' marching-cubes surface.")
+                       "given, else are rendered from the voxels' marching-cubes surface. ShapeNetVox32's "
+                       "model.binvox (up +y, front +x) and ShapeNet v2's model_normalized.solid.binvox (up +y, "
+                       "front -z) are recognised by name; --up and --front give the axes of any other file.")
     p.add_argument("root", help="folder searched recursively for *.binvox")
     p.add_argument("--r2n2", help="3D-R2N2 ShapeNetRendering folder for the views")
+    p.add_argument("--up", choices=AXES, default=SHAPENET_UP, help="the axis that points up in binvox files "
+                   "not recognised by name (default %(default)s)")
+    p.add_argument("--front", choices=AXES, default=SHAPENET_FRONT, help="the axis the objects' front faces in "
+                   "binvox files not recognised by name (default %(default)s; IM-NET's 256^3 voxels: +z)")
     add_common(p)
 
     p = sub.add_parser("synthetic", help="generated chairs, tables, airplanes (no download needed)", epilog=EPILOG,
@@ -145,7 +151,7 @@ def run(args: argparse.Namespace) -> tuple[str, int]:
     elif args.command == "meshes":
         found = sources.mesh_folder_sources(args.root, up=args.up, front=args.front)
     elif args.command == "binvox":
-        found = sources.binvox_sources(args.root)
+        found = sources.binvox_sources(args.root, up=args.up, front=args.front)
     else:
         found = sources.mesh_folder_sources(export_synthetic(args.categories, args.count, args.seed, Path(args.out) / "meshes"))
     if getattr(args, "r2n2", None):

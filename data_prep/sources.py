@@ -123,9 +123,13 @@ def mesh_folder_sources(root: str | Path, up: str = SHAPENET_UP, front: str = SH
     return sources
 
 
-def binvox_sources(root: str | Path) -> list[ShapeSource]:
+def binvox_sources(root: str | Path, up: str = SHAPENET_UP, front: str = SHAPENET_FRONT) -> list[ShapeSource]:
     """Binvox files under `root`: ShapeNetVox32 (`<synset>/<id>/model.binvox`), ShapeNet v2
-    (`<synset>/<id>/models/model_normalized.solid.binvox`), or any `<category>/<name>.binvox`."""
+    (`<synset>/<id>/models/model_normalized.solid.binvox`), or any `<category>/<name>.binvox`.
+
+    The first two are recognised by name and carry their known axes; `up` and `front` are the axes of
+    any other binvox file (IM-NET's 256^3 chairs, for one, face +z: ``front="+z"``).
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"binvox folder not found: {root}")
@@ -133,11 +137,11 @@ def binvox_sources(root: str | Path) -> list[ShapeSource]:
     for path in sorted(root.rglob("*.binvox")):
         if path.name.endswith(".surface.binvox"):
             continue  # ShapeNet v2's surface-only voxels are not solid
-        axes = {}
+        axes = {"up": up, "front": front}
         if path.name == "model.binvox":  # ShapeNetVox32, voxelised from ShapeNetCore v1
             name, axes = f"{path.parent.parent.name}/{path.parent.name}", {"up": V1_UP, "front": V1_FRONT}
         elif path.name == "model_normalized.solid.binvox":
-            name = f"{path.parents[2].name}/{path.parents[1].name}"
+            name, axes = f"{path.parents[2].name}/{path.parents[1].name}", {}
         else:
             name = f"{path.parent.name}/{path.stem}"
         sources.append(ShapeSource(name, "binvox", str(path), **axes))

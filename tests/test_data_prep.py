@@ -57,6 +57,30 @@ def test_binvox_and_r2n2_discovery():
     assert len(v2) == 3 and all(s.path.endswith(".solid.binvox") for s in v2)  # surface.binvox skipped
 
 
+def _back_z(voxels: np.ndarray) -> float:
+    """Mean z of the top quarter of a chair's voxels (its back); the grid centre is 31.5."""
+    occupied = np.argwhere(voxels)
+    heights = occupied[:, 1]
+    return float(occupied[heights > heights.min() + 0.75 * np.ptp(heights), 2].mean())
+
+
+def test_binvox_axes_of_other_files(tmp_path):
+    """IM-NET's 256^3 chair faces +z; --front +z turns it to face -z (its back towards +z), like
+    ShapeNet v2's chairs, while files recognised by name keep their known axes."""
+    shutil.copy(DATA / "imnet_original_sample" / "1.binvox", tmp_path / "1.binvox")
+    (vox32,) = sources.binvox_sources(R2N2 / "ShapeNetVox32", front="+z")
+    assert (vox32.up, vox32.front) == ("+y", "+x")
+    backs = {}
+    for front in ["-z", "+z"]:
+        (found,) = sources.binvox_sources(tmp_path, front=front)
+        assert found.front == front
+        out = tmp_path / front
+        pipeline.prepare([found], DataPrepConfig(out_dir=str(out), render=False, train_fraction=1.0))
+        (path,) = out.glob("*_train.hdf5")
+        backs[front] = _back_z(np.asarray(open_datafile(path).voxels[0], bool))
+    assert backs["-z"] < 25 < 38 < backs["+z"]
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """The fixture chairs prepared from their meshes, without views (fast)."""
