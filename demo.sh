@@ -27,8 +27,9 @@ MODEL=(--decoder-widths 256,256,128,64,32 --voxel-channels 8,16,32,64)
 
 # How many chairs: as many as this machine's training minutes can use (docs/training.md, D3). On the
 # reference machine (2 AVX2 cores, fp32: ~18.5 IM-AE and ~5.7 IM-SVR steps/s) 320 training chairs;
-# twice as many gained nothing there, but at three times its steps per minute they gained +0.10 IoU
-# and +0.27 self-match. Machines at least 1.5x as fast get 320 x their speed-up, at most 640.
+# twice as many gained nothing there, but at twice its steps per minute they gained +0.07 IoU and
+# +0.11 self-match, at three times +0.10 and +0.27 (D4, D3). Machines at least 1.5x as fast get
+# 320 x their speed-up, at most 640.
 # A rerun into the same $OUT keeps the first run's count, so that it continues on the same data.
 step "1/6 data: measure this machine's training speed, generate chairs, voxelise at 256^3, sample points, render 24 views"
 mkdir -p "$OUT"
