@@ -23,14 +23,8 @@ for i in 1 2 3; do cp "tests/data/imnet_original_sample/$i.binvox" "$WORK/imnet/
 $PY -m data_prep shapenet tests/data/shapenet_v2_sample --synsets chair --out "$WORK/shapenet"
 $PY -m data_prep binvox tests/data/r2n2_sample/ShapeNetVox32 --r2n2 tests/data/r2n2_sample/ShapeNetRendering --out "$WORK/r2n2"
 $PY -m data_prep binvox "$WORK/imnet" --front +z --out "$WORK/imnet_prepared"
-# All six in one test file: a split file that puts every model id in "test".
-$PY - "$WORK/split.json" "$WORK"/*/shapes <<'EOF'
-import json, sys
-from pathlib import Path
-ids = sorted({p.stem.split("__")[-1] for d in sys.argv[2:] for p in Path(d).rglob("*") if p.is_file()})
-json.dump({"train": [], "test": ids}, open(sys.argv[1], "w"))
-EOF
-$PY -m data_prep merge "$WORK/shapenet" "$WORK/r2n2" "$WORK/imnet_prepared" --out "$WORK/data" --split-file "$WORK/split.json"
+# All six in one test file (none of them for training).
+$PY -m data_prep merge "$WORK/shapenet" "$WORK/r2n2" "$WORK/imnet_prepared" --out "$WORK/data" --train-fraction 0
 $PY -m eval run --checkpoint "$CHECKPOINT" --data "$WORK/data/03001627_test.hdf5" --train-data "$TRAIN" \
     --out "$WORK/eval" --resolution 128
 cp "$WORK/eval/summary.md" "$WORK/eval/summary.json" "$WORK/eval/per_shape.csv" "$RESULTS/"

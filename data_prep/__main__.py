@@ -29,7 +29,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--views", type=int, default=d.views, help="views per shape, any number >= 1 (default %(default)s, "
                    "as 3D-R2N2; at most 24 with --r2n2); the data file records the count")
     p.add_argument("--train-fraction", type=float, default=d.train_fraction, help="fraction of sorted model ids "
-                   "per category that go to train (default %(default)s)")
+                   "per category that go to train (default %(default)s; 0: all test, 1: all train)")
     p.add_argument("--split-file", default="", help='JSON {"train": [...], "test": [...]} of model ids, '
                    "instead of --train-fraction")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of point sampling and camera placement")

@@ -367,8 +367,10 @@ def split_names(names: list[str], config: DataPrepConfig) -> dict[str, list[str]
         return {split: sorted(n for n in names if n.split("/")[-1] in ids) for split, ids in wanted.items()}
     ordered = sorted(names, key=lambda n: n.split("/")[-1])
     n_train = int(round(len(ordered) * config.train_fraction))
-    if len(ordered) > 1:
-        n_train = min(max(n_train, 1), len(ordered) - 1)  # keep both splits non-empty when possible
+    if len(ordered) > 1 and 0 < config.train_fraction < 1:
+        # Rounding must not empty a split that a fraction between 0 and 1 asks for; 0 and 1 are
+        # taken as said (all test: a held-back evaluation set; all train).
+        n_train = min(max(n_train, 1), len(ordered) - 1)
     return {"train": ordered[:n_train], "test": ordered[n_train:]}
 
 

@@ -243,6 +243,16 @@ def test_shards_then_merge_equal_single_run(tmp_path, prepared):
         np.testing.assert_array_equal(a.voxels, b.voxels)
 
 
+def test_train_fraction_split():
+    names = [f"chair/{i}" for i in range(5)]
+    split = lambda fraction: pipeline.split_names(names, DataPrepConfig(train_fraction=fraction))
+    assert split(0.8) == {"train": names[:4], "test": names[4:]}
+    assert split(0.95) == {"train": names[:4], "test": names[4:]}  # rounding keeps a test shape
+    assert split(0.05) == {"train": names[:1], "test": names[1:]}  # ... and a training shape
+    assert split(1.0) == {"train": names, "test": []}
+    assert split(0.0) == {"train": [], "test": names}  # a held-back evaluation set
+
+
 def test_split_file(tmp_path):
     split = tmp_path / "split.json"
     split.write_text('{"train": ["353bbd3b916426d24502f857a1cf320e"], "test": ["03001627/341c9b0583d31770492d9da2668ec34c"]}')
@@ -437,10 +447,10 @@ def test_huge_coordinates_get_their_true_reason_and_no_numpy_warning(tmp_path):
     reasons = dict(summary.failed)
     assert list(reasons) == ["chair/huge"]
     assert "bounding-box diagonal is 5.39e+299" in reasons["chair/huge"] and "float32" in reasons["chair/huge"]
-    big, unit = (open_datafile(tmp_path / "out" / f"chair_{split}.hdf5") for split in ("train", "test"))
-    assert (big.names, unit.names) == (["chair/big"], ["chair/unit"])
-    np.testing.assert_array_equal(big.voxels[0], unit.voxels[0])
-    np.testing.assert_allclose(big.meta["scale"][0], 1e30 * unit.meta["scale"][0], rtol=1e-6)
+    data = open_datafile(tmp_path / "out" / "chair_train.hdf5")
+    assert data.names == ["chair/big", "chair/unit"]
+    np.testing.assert_array_equal(data.voxels[0], data.voxels[1])
+    np.testing.assert_allclose(data.meta["scale"][0], 1e30 * data.meta["scale"][1], rtol=1e-6)
 
 
 def _children(pid: int) -> set[int]:
