@@ -219,13 +219,18 @@ class Clock:
         """Training-loop seconds of the run so far (this call's and the resumed ones')."""
         return self._spent + time.perf_counter() - self._start
 
-    def fraction(self) -> float:
-        if not self.timed:
-            return min(1.0, self.progress.step / self.total_steps)
+    def agreed_seconds(self) -> float:
+        """`seconds()`, under DDP the processes' mean: what the budget is checked against and what a
+        checkpoint stores. Every process must call it at the same point (it is an all-reduce)."""
         seconds = self.seconds()
         if self.runtime.world_size > 1:
             seconds = self.runtime.mean(torch.tensor(seconds, dtype=torch.float64, device=self.runtime.device)).item()
-        return min(1.0, seconds / self.budget)
+        return seconds
+
+    def fraction(self) -> float:
+        if not self.timed:
+            return min(1.0, self.progress.step / self.total_steps)
+        return min(1.0, self.agreed_seconds() / self.budget)
 
     def left(self) -> str:
         """For progress bars: minutes left of the budget ("" without one)."""
@@ -299,7 +304,7 @@ def train_ae(config: AEConfig, resume: bool = False, stop_after_epochs: int | No
                 if val_data is not None and (progress.epoch % config.val_every == 0 or last_of_level):
                     val = validate_ae(model, val_data, runtime, config.val_resolution, config.val_shapes,
                                       level=level, loss=config.loss, train_data=train_data)
-                progress.seconds = clock.seconds()
+                progress.seconds = clock.agreed_seconds()
                 stop = stop_after_epochs is not None and progress.epoch - first_epoch >= stop_after_epochs
                 _end_epoch(runtime, log, model, optimizer, progress, config, "ae", losses, lr, val, level,
                            time.perf_counter() - epoch_start, force_checkpoint=stop or last_of_level)
@@ -543,7 +548,7 @@ def train_svr(config: SVRConfig, resume: bool = False, stop_after_epochs: int | 
             if val_data is not None and (progress.epoch % config.val_every == 0 or last):
                 val = validate_svr(model, val_data, val_codes, runtime, config.val_view, config.val_resolution,
                                    config.val_shapes, identify=last)
-            progress.seconds = clock.seconds()
+            progress.seconds = clock.agreed_seconds()
             stop = stop_after_epochs is not None and progress.epoch - first_epoch >= stop_after_epochs
             _end_epoch(runtime, log, model, optimizer, progress, config, "svr", losses, lr, val, None,
                        time.perf_counter() - epoch_start, force_checkpoint=stop or last)
