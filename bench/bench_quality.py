@@ -18,7 +18,8 @@ ae / codes / svr and `python -m eval run`, as a user would type them.
 - **Ablations**: one change at a time from the default recipe at scale 1 (equal minutes). IM-AE changes are scored
   by the AE's held-out IoU at 64^3 (diagnostics.json) and by its meshes (Chamfer-L1 and the number
   of mesh components against the exact-lattice truth, `ae_surfaces`); IM-SVR changes (trained on the default AE)
-  by the SVR's held-out lattice IoU and self-match.
+  by the SVR's held-out lattice IoU and self-match; changes to both stages (`pipeline_*`, e.g. the
+  code size) by the whole pipeline and `eval run`, like the curve's x1 row.
 
 Writes bench/results/quality.json (updated after every run, so a stopped bench keeps what it did).
 """
@@ -65,6 +66,9 @@ ABLATIONS = {
     "svr_32_images_per_step": ("svr", ["--batch-shapes", "32"]),
     "svr_identification_loss": ("svr", ["--match-weight", "0.1"]),  # docs/training.md S3
     "svr_flip": ("svr", ["--flip"]),
+    # Both stages (the IM-AE with the change, the IM-SVR on its codes, eval): compare with the curve's x1 row.
+    "pipeline_code_dim_64": ("pipeline", ["--code-dim", "64"]),
+    "pipeline_code_dim_32": ("pipeline", ["--code-dim", "32"]),
 }
 
 
@@ -226,6 +230,15 @@ def main() -> int:
                 seconds = train_ae(run_dir, train, test, 1.0, model, extra, args.device)
                 ablations[name] = {"change": " ".join(extra) or "(none)", "minutes": round(seconds / 60, 2),
                                    **diagnostics(run_dir), **ae_surfaces(run_dir, test)}
+            elif stage == "pipeline":
+                run_dir.mkdir(exist_ok=True)
+                ae_s = train_ae(run_dir / "ae", train, test, 1.0, model, extra, args.device)
+                train_codes(run_dir / "ae", train, test, run_dir / "codes.npz", args.device)
+                svr_s = train_svr(run_dir / "svr", run_dir / "ae", run_dir / "codes.npz", train, test, 1.0, [], args.device)
+                summary, _ = evaluate(run_dir / "svr", train, test, run_dir / "eval", args.device)
+                ablations[name] = {"change": " ".join(extra), "minutes": round((ae_s + svr_s) / 60, 2),
+                                   "ae": diagnostics(run_dir / "ae"), "svr": diagnostics(run_dir / "svr"),
+                                   "eval": summary.get("methods", summary)}
             else:
                 if not (base_ae / "last.pt").is_file():
                     train_ae(base_ae, train, test, 1.0, model, [], args.device)
@@ -235,7 +248,8 @@ def main() -> int:
                 seconds = train_svr(run_dir, base_ae, codes, train, test, 1.0, extra, args.device)
                 ablations[name] = {"change": " ".join(extra) or "(none)", "minutes": round(seconds / 60, 2), **diagnostics(run_dir)}
             save(results)
-            print(f"ablation {name}: {ablations[name].get('val_iou')}", flush=True)
+            score = ablations[name].get("eval", {}).get("network", {}).get("category_mean", {}).get("iou")
+            print(f"ablation {name}: {score if stage == 'pipeline' else ablations[name].get('val_iou')}", flush=True)
     print(f"bench_quality: wrote {RESULTS}")
     return 0
 
