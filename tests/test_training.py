@@ -422,6 +422,7 @@ def test_clock_takes_the_processes_mean_time_under_ddp(monkeypatch):
     monkeypatch.setattr(imnet.training.time, "perf_counter", FakeTime(0.0))
     clock = imnet.training.Clock(imnet.training.Progress(seconds=45.0), total_steps=10, minutes=2.0, runtime=TwoProcesses())
     assert clock.fraction() == pytest.approx(60.0 / 120.0)  # its own 45 s, the mean 60 s, of 120
+    assert clock.agreed_seconds() == pytest.approx(60.0)  # what a checkpoint stores: the same in every process
     untimed = imnet.training.Clock(imnet.training.Progress(step=4), total_steps=10, minutes=0.0, runtime=TwoProcesses())
     assert untimed.fraction() == pytest.approx(0.4) and untimed.left() == ""
 
