@@ -5,7 +5,10 @@
 numerics can be emulated in fp32: every linear, convolution and `baddbmm` (the ops CPU autocast runs
 in bf16) gets its inputs, weights and output rounded to bf16 around an fp32 accumulation, as oneDNN's
 bf16 kernels compute; their gradients are rounded to bf16 too, as autocast's backward makes them. The
-rest of a step (norms, activations, the loss, Adam on fp32 weights) stays fp32, as under autocast.
+rest of a step runs in fp32 on those rounded values (Adam updates the fp32 weights, as under
+autocast). For the decoder and the voxel encoder this reproduces autocast's forward bit for bit
+(tests/test_bf16_emulation.py); for the ResNet only approximately, as autocast also runs its batch
+norms and residual sums in bf16.
 
     python bench/bf16_emulated.py              # the demo recipe, fp32 vs emulated bf16 (~25 min on 2 cores)
     python bench/bf16_emulated.py train ae ... # one train.py run (any of its arguments) under the emulation
