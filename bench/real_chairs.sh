@@ -17,7 +17,9 @@ PY=${PYTHON:-python}
 for f in "$CHECKPOINT" "$TRAIN"; do
     [ -f "$f" ] || { echo "real_chairs.sh: $f not found (run make demo, or give a checkpoint and its training file)" >&2; exit 2; }
 done
-rm -rf "$WORK" && mkdir -p "$WORK/imnet/03001627" "$RESULTS"
+# Only this script's own folders are cleared: WORK may be a folder that holds other things.
+(cd "${WORK:?}" 2>/dev/null && rm -rf imnet shapenet r2n2 imnet_prepared data eval) || true
+mkdir -p "$WORK/imnet/03001627" "$RESULTS"
 
 for i in 1 2 3; do cp "tests/data/imnet_original_sample/$i.binvox" "$WORK/imnet/03001627/imnet_sample_$i.binvox"; done
 $PY -m data_prep shapenet tests/data/shapenet_v2_sample --synsets chair --out "$WORK/shapenet"
