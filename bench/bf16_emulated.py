@@ -114,7 +114,9 @@ def compare(work: Path, ae_epochs: str, svr_epochs: int) -> dict:
         results[name]["svr"] = {**_scores(out / f"svr_{name}", "svr"), "wall_seconds": seconds}
         # Meshes as a user gets them: reconstruct's bf16 recomputes points near the level in fp32,
         # so `eval run` in fp32 is what inference in either precision gives.
-        summary, _ = evaluate(out / f"svr_{name}", train, test, out / f"eval_{name}", "cpu")
+        summary_file, trained = out / f"eval_{name}" / "summary.json", out / f"svr_{name}" / "diagnostics.json"
+        reuse = summary_file.is_file() and summary_file.stat().st_mtime > trained.stat().st_mtime  # evaluated since
+        summary = json.loads(summary_file.read_text()) if reuse else evaluate(out / f"svr_{name}", train, test, out / f"eval_{name}", "cpu")[0]
         network = summary["methods"]["network"]["category_mean"]
         results[name]["eval"] = {"iou": round(network["iou"], 4), "chamfer_l1_x10": round(10 * network["chamfer_l1"], 4),
                                  "fscore@1%": round(network["fscore@1%"], 4), **_identification(summary)}
