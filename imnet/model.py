@@ -70,14 +70,19 @@ class VoxelEncoder(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # PyTorch's own default for convolutions (Kaiming uniform with a = sqrt(5), fan-in uniform
-        # biases), written out because it is what the training recipe was measured with.
+        # Kaiming normal over the fan-in with the LeakyReLU's gain (He et al., ICCV 2015), the code
+        # layer with gain 1, zero biases: each layer keeps the scale of its input, so the codes of
+        # different shapes differ from the first step (spread over shapes ~0.07-0.14, about that of
+        # a trained encoder). Without normalisation layers nothing else sets that scale: PyTorch's
+        # default init shrinks it ~3x per layer, to codes that differ by 0.001, which the decoder
+        # learns to ignore; some runs then lost their codes altogether for several epochs
+        # (docs/training.md A8).
         for m in self.modules():
             if isinstance(m, nn.Conv3d):
-                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
+                gain = "linear" if m is self.head else "leaky_relu"
+                nn.init.kaiming_normal_(m.weight, a=LEAKY_SLOPE, mode="fan_in", nonlinearity=gain)
                 if m.bias is not None:
-                    bound = 1.0 / math.sqrt(m.weight[0].numel())
-                    nn.init.uniform_(m.bias, -bound, bound)
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, (nn.BatchNorm3d, nn.InstanceNorm3d)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)

@@ -37,9 +37,11 @@ def test_emulation_rounds_like_cpu_autocast(monkeypatch):
     codes, points = torch.randn(2, 16), torch.rand(2, 200, 3) - 0.5
     voxels = (torch.rand(2, 1, 16, 16, 16) > 0.5).float()
     # The logits (what the training loss sees) and the codes. Kernels on other CPUs sum in other
-    # orders, which moves the odd bf16 rounding, so the checks are on the share of equal values.
-    # Here the decoder matches bit for bit; the voxel encoder's weight gradients 41-83% (oneDNN's bf16
-    # convolution backward sums in another order); fp32 matches nothing in either.
+    # orders, which moves the odd bf16 rounding, so the checks are on the share of equal values,
+    # over all of a network's gradients together (a 4-value bias gives shares of 0, 0.25, ...).
+    # Here the decoder matches bit for bit; the voxel encoder's gradients 77% (25-100% per tensor:
+    # oneDNN's bf16 convolution backward sums in another order; without the emulation's rounding of
+    # gradients 0.1%); fp32 matches nothing in either.
     for net, forward, grads_equal in ((decoder, lambda: decoder.logits(codes, points), 0.9),
                                       (encoder, lambda: encoder(voxels), 0.3)):
         out_fp32, grads_fp32 = output_and_grads(net, forward, monkeypatch, "fp32")
@@ -47,9 +49,10 @@ def test_emulation_rounds_like_cpu_autocast(monkeypatch):
         out_emulated, grads_emulated = output_and_grads(net, forward, monkeypatch, "emulated")
         assert equal_share(out_fp32, out_autocast) < 0.1
         assert equal_share(out_emulated, out_autocast) >= 0.9
+        every = lambda grads: torch.cat([grad.flatten() for grad in grads.values()])
+        assert equal_share(every(grads_emulated), every(grads_autocast)) >= grads_equal
         for name, grad in grads_autocast.items():
             assert equal_share(grads_fp32[name], grad) < 0.1, name
-            assert equal_share(grads_emulated[name], grad) >= grads_equal, name
             torch.testing.assert_close(grads_emulated[name], grad, rtol=0, atol=1e-2 * grad.abs().max().item(),
                                        msg=lambda m: f"{name}: {m}")
 

@@ -22,6 +22,20 @@ def test_voxel_encoder_maps_64_cubed_voxels_to_codes(norm):
     assert ((paper > 0) & (paper < 1)).all()
 
 
+@pytest.mark.parametrize("channels", [(8, 16, 32, 64), (32, 64, 128, 256)])
+def test_untrained_voxel_encoder_gives_different_shapes_different_codes(channels):
+    """The init keeps each layer's scale: codes of different boxes differ by about a trained
+    encoder's spread (0.14), not by PyTorch's default init's 0.001, which the decoder learns to ignore."""
+    torch.manual_seed(0)
+    voxels = torch.zeros(8, 1, 64, 64, 64)
+    for i, (low, high) in enumerate(torch.randint(4, 60, (8, 2, 3)).sort(dim=1).values):
+        voxels[i, 0, low[0]:high[0], low[1]:high[1], low[2]:high[2]] = 1
+    with torch.no_grad():
+        codes = VoxelEncoder(code_dim=128, channels=channels, norm="none")(voxels)
+    spread = codes.std(dim=0).mean().item()
+    assert 0.03 < spread < 1.0, spread
+
+
 def test_voxel_encoder_rejects_unknown_settings():
     with pytest.raises(ValueError, match="norm must be 'batch', 'instance' or 'none'"):
         VoxelEncoder(norm="layer")
