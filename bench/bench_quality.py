@@ -238,7 +238,7 @@ def main() -> int:
                 summary, _ = evaluate(run_dir / "svr", train, test, run_dir / "eval", args.device)
                 ablations[name] = {"change": " ".join(extra), "minutes": round((ae_s + svr_s) / 60, 2),
                                    "ae": diagnostics(run_dir / "ae"), "svr": diagnostics(run_dir / "svr"),
-                                   "eval": summary.get("methods", summary)}
+                                   "eval": summary["methods"]}
             else:
                 if not (base_ae / "last.pt").is_file():
                     train_ae(base_ae, train, test, 1.0, model, [], args.device)
@@ -248,8 +248,9 @@ def main() -> int:
                 seconds = train_svr(run_dir, base_ae, codes, train, test, 1.0, extra, args.device)
                 ablations[name] = {"change": " ".join(extra) or "(none)", "minutes": round(seconds / 60, 2), **diagnostics(run_dir)}
             save(results)
-            score = ablations[name].get("eval", {}).get("network", {}).get("category_mean", {}).get("iou")
-            print(f"ablation {name}: {score if stage == 'pipeline' else ablations[name].get('val_iou')}", flush=True)
+            result = ablations[name]
+            score = result["eval"]["network"]["category_mean"]["iou"] if stage == "pipeline" else result.get("val_iou")
+            print(f"ablation {name}: {score}", flush=True)
     print(f"bench_quality: wrote {RESULTS}")
     return 0
 

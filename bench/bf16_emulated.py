@@ -34,6 +34,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "bf16_emulated.json"
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_quality import DEMO_MODEL, HELD_OUT, diagnostics, evaluate, prepare_data, run  # noqa: E402  (the learning curve's data and runner)
 
 
 class _RoundToBF16(torch.autograd.Function):
@@ -78,9 +80,6 @@ def train_emulated(args: list[str]) -> None:
 
 
 def compare(work: Path, ae_epochs: str, svr_epochs: int) -> dict:
-    sys.path.insert(0, str(ROOT / "bench"))
-    from bench_quality import DEMO_MODEL, HELD_OUT, evaluate, prepare_data, run  # the learning curve's data and runner
-
     previous = json.loads(RESULTS.read_text())["runs"] if RESULTS.is_file() else {}
 
     def once(cmd: list[str], run_dir: Path, name: str, stage: str) -> float | None:
@@ -126,7 +125,7 @@ def compare(work: Path, ae_epochs: str, svr_epochs: int) -> dict:
 
 
 def _scores(run_dir: Path, stage: str) -> dict:
-    d = json.loads((run_dir / "diagnostics.json").read_text())
+    d = diagnostics(run_dir)
     if stage == "ae":
         keys = ("val_iou", "train_iou", "iso_level", "code_spread")
     else:
