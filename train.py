@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default {ae_defaults.points_per_shape})")
     p.add_argument("--uniform-fraction", type=float, help="share of those points taken from the coarse level-16 set at "
                    f"levels 32 and 64 (default {ae_defaults.uniform_fraction})")
+    p.add_argument("--stretch", type=float, help="augmentation: stretch each training shape along x, y and z by random "
+                   "factors in [1/(1+S), 1+S], keeping its bounding-box diagonal; 0: none "
+                   f"(default {ae_defaults.stretch})")
     p.add_argument("--loss", choices=["bce", "mse"], help=f"occupancy loss: bce on logits or mse (paper) (default {ae_defaults.loss})")
     p.add_argument("--final-val-resolution", type=int, help="one last validation at this lattice resolution, written to "
                    f"diagnostics.json; 0: none (default {ae_defaults.final_val_resolution})")

@@ -67,6 +67,7 @@ class AEConfig:
     batch_shapes: int = 4  # shapes per step (per process under DDP)
     points_per_shape: int = 512  # random subset per shape and step; 0: all points of the level
     uniform_fraction: float = 0.25  # share of those points drawn from the coarse level-16 set at levels 32/64
+    stretch: float = 0.2  # each shape stretched along x, y, z by factors in [1/(1+s), 1+s] (imnet.datasets.AEDataset); 0: none
     loss: str = "bce"  # "bce" on logits, or "mse" on occupancy (paper)
     lr: float = 1e-3
     beta1: float = 0.9
@@ -88,7 +89,7 @@ class AEConfig:
     def paper(cls, **changes) -> "AEConfig":
         """Chen & Zhang's IM-AE training: MSE, Adam 5e-5 / beta1 0.5, constant rate, 32 shapes of all points."""
         base = dict(model=ModelConfig.paper(), epochs=(100, 100, 200), batch_shapes=32, points_per_shape=0,
-                    uniform_fraction=0.0, loss="mse", lr=5e-5, beta1=0.5, warmup=0.0, schedule="constant",
+                    uniform_fraction=0.0, stretch=0.0, loss="mse", lr=5e-5, beta1=0.5, warmup=0.0, schedule="constant",
                     calibration_shapes=0)  # meshes at level 0.5
         return cls(**{**base, **changes})
 

@@ -29,7 +29,7 @@ from imnet.datafile import ShapeData, open_datafile
 from imnet.images import crop_view, input_tensor
 from imnet.sampling import indices_to_coords
 
-__all__ = ["load_shapes", "AEDataset", "read_codes", "SVRDataset", "jitter_view"]
+__all__ = ["load_shapes", "AEDataset", "stretch_shape", "read_codes", "SVRDataset", "jitter_view"]
 
 DataSource = str | os.PathLike | ShapeData
 
@@ -63,15 +63,25 @@ class AEDataset(Dataset):
     time the item is read. With `uniform_fraction` f > 0 at levels 32 and 64, a share f of those P
     points is drawn from the coarse level-16 set instead (one point per 16^3 block all over the
     cube), so the decoder keeps seeing space far from the surface and draws no floaters there.
+
+    With `stretch` s > 0 every item is a new shape: the stored one stretched along x, y and z by
+    independent factors, log-uniform in [1 / (1 + s), 1 + s], then scaled as a whole so that its
+    bounding-box diagonal stays 1 (the normalisation of every shape, `imnet.mesh.normalise`); see
+    `stretch_shape`. A chair of other proportions is still a chair, so the networks see more
+    shapes than the file holds.
     """
 
-    def __init__(self, data: DataSource, level: int, points_per_shape: int = 0, uniform_fraction: float = 0.0):
+    def __init__(self, data: DataSource, level: int, points_per_shape: int = 0, uniform_fraction: float = 0.0,
+                 stretch: float = 0.0):
         if not 0.0 <= uniform_fraction < 1.0:
             raise ValueError(f"uniform_fraction must be in [0, 1), got {uniform_fraction}")
+        if not 0.0 <= stretch < 1.0:
+            raise ValueError(f"stretch must be in [0, 1), got {stretch}")
         mix = uniform_fraction > 0 and level != 16 and points_per_shape > 0
         keys = ["voxels", f"points_{level}", f"values_{level}", *(["points_16", "values_16"] if mix else [])]
         shapes = load_shapes(data, keys)
         self.level = level
+        self.stretch = stretch
         self.voxels = torch.from_numpy(shapes.voxels)
         # Kept as the file's uint8 grid indices (4x smaller than float coordinates).
         self.sets = [(shapes.point_indices(level), shapes.point_grid(level), torch.from_numpy(shapes.values(level)))]
@@ -100,12 +110,64 @@ class AEDataset(Dataset):
                 p, v = p[subset], v[subset]
             points.append(p)
             values.append(v)
-        return {
-            "voxels": self.voxels[index][None].float(),
-            "points": torch.cat(points),
-            "values": torch.cat(values),
-            "index": index,
-        }
+        voxels, points = self.voxels[index], torch.cat(points)
+        if self.stretch > 0:
+            factors = torch.exp((torch.rand(3) * 2 - 1) * np.log1p(self.stretch))
+            # Keep the diagonal: the bounding box's extents, measured on the voxels to within a cell.
+            occupied = voxels.numpy().astype(bool)
+            extents = torch.tensor([_extent(occupied.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))])
+            factors *= extents.norm() / (factors * extents).norm()
+            stretched, points = stretch_shape(occupied, points.numpy(), factors.numpy())
+            voxels, points = torch.from_numpy(stretched.view(np.uint8)), torch.from_numpy(points)  # uint8: a fast .float()
+        return {"voxels": voxels[None].float(), "points": points, "values": torch.cat(values), "index": index}
+
+
+def _extent(occupied: np.ndarray) -> float:
+    """Length (in object units) between the first and last True cell centres of a 1D occupancy over [-0.5, 0.5]."""
+    cells = np.flatnonzero(occupied)
+    return 0.0 if len(cells) == 0 else float(cells[-1] - cells[0]) / len(occupied)
+
+
+def stretch_shape(voxels: np.ndarray, points: np.ndarray, factors) -> tuple[np.ndarray, np.ndarray]:
+    """A shape scaled about the origin by `factors` along x, y and z.
+
+    Args:
+        voxels: [R, R, R] occupancy (0/1 or bool), indexed [x, y, z], over [-0.5, 0.5]^3.
+        points: float32 [P, 3] sample points in object space.
+        factors: 3 positive scale factors.
+
+    Returns:
+        (voxels bool [R, R, R], points float32 [P, 3]). The points are `points * factors`; their
+        occupancy values carry over unchanged, since the scaled shape holds `factors * p` exactly
+        when the shape holds p. Along each axis a new cell takes the old cells whose centres it
+        holds after scaling (one or more where the axis shrinks, so no part is lost), or where it
+        holds none (the axis grows) the old cell under its own centre: occupied volume scales with
+        the factors rather than growing a cell at every edge. Parts scaled out of the cube are cut off.
+    """
+    factors = np.asarray(factors, dtype=np.float64)
+    if factors.shape != (3,) or not np.all(factors > 0):
+        raise ValueError(f"factors must be 3 positive numbers, got {factors.tolist()}")
+    grid = voxels.shape[0]
+    out = np.asarray(voxels).astype(bool)
+    centres = (np.arange(grid) + 0.5) / grid - 0.5
+    cells = np.arange(grid)
+    for axis, factor in enumerate(factors):
+        # The new cell each old centre lands in (non-decreasing), and for new cell a the old cells
+        # [low[a], high[a]] that land in it, else the old cell under a's centre.
+        landed = np.floor((centres * factor + 0.5) * grid)
+        low = np.searchsorted(landed, cells, side="left")
+        high = np.searchsorted(landed, cells, side="right") - 1
+        under = np.floor((centres / factor + 0.5) * grid).astype(np.int64)
+        under[(under < 0) | (under >= grid)] = grid  # out of the cube: an appended empty plane
+        empty = low > high
+        low[empty], high[empty] = under[empty], under[empty]
+        # An OR over each range, one offset into it at a time (1-2 cells for factors near 1).
+        padded = np.concatenate([out, np.zeros_like(out.take([0], axis=axis))], axis=axis)
+        new = np.zeros_like(out)
+        for offset in range(int((high - low).max()) + 1):
+            new |= padded.take(np.minimum(low + offset, high), axis=axis)
+        out = new
+    return out, (np.asarray(points) * factors).astype(np.float32)
 
 
 def read_codes(path: str | os.PathLike, split: str, data: DataSource, required: bool = True) -> np.ndarray | None:

@@ -279,7 +279,7 @@ def train_ae(config: AEConfig, resume: bool = False, stop_after_epochs: int | No
                 progress.level_index, progress.level_epoch = level_index, 0
             level = config.levels[level_index]
             of_epochs = "" if clock.timed else f"/{config.epochs[level_index]}"
-            dataset = AEDataset(train_data, level, config.points_per_shape, config.uniform_fraction)
+            dataset = AEDataset(train_data, level, config.points_per_shape, config.uniform_fraction, config.stretch)
             last_of_level = level_done(level_index)
             while not last_of_level:
                 model.train()
@@ -401,6 +401,8 @@ def _check_ae_config(config: AEConfig) -> None:
         raise SetupError(f"calibration_shapes must be 0 (no calibration) or more, got {config.calibration_shapes}")
     if not 0.0 <= config.uniform_fraction < 1.0:
         raise SetupError(f"uniform_fraction must be in [0, 1), got {config.uniform_fraction}")
+    if not 0.0 <= config.stretch < 1.0:
+        raise SetupError(f"stretch must be in [0, 1), got {config.stretch}")
     if config.loss not in ("bce", "mse"):
         raise SetupError(f"loss must be 'bce' or 'mse', got {config.loss!r}")
     try:

@@ -27,7 +27,7 @@ from imnet.checkpoint import CheckpointError, load_checkpoint, load_model
 from imnet.config import AEConfig, ModelConfig, SVRConfig, config_to_dict
 from imnet.calibration import CANDIDATE_LEVELS
 from imnet.datafile import open_datafile, write_datafile
-from imnet.datasets import AEDataset, SVRDataset, jitter_view, read_codes
+from imnet.datasets import AEDataset, SVRDataset, jitter_view, read_codes, stretch_shape
 from imnet.runlog import preview_image
 from imnet.runtime import Runtime
 from imnet.sampling import downsample_voxels, lattice_occupancy, lattice_points, sample_points
@@ -136,6 +136,66 @@ def test_ae_dataset_reads_the_imnet_2018_layout():
     cells = ((item["points"].numpy() + 0.5) * 64).astype(int)
     occupied = item["voxels"][0].numpy()[cells[:, 0], cells[:, 1], cells[:, 2]]
     assert np.mean(occupied == item["values"].numpy()) > 0.99
+
+
+def test_stretched_voxels_match_the_voxels_of_the_stretched_mesh():
+    # The stored voxels' recipe (solid at 128^3, max-pooled to 64^3) applied to the mesh stretched
+    # by the same factors is what stretch_shape should reproduce from the 64^3 voxels alone.
+    mesh = generate_shape("chair", seed=4)
+    voxels = downsample_voxels(voxelize_solid(mesh, resolution=128), 64)
+    factors = np.array([0.8, 1.0, 1.2])
+    stretched = mesh.copy()
+    stretched.vertices = stretched.vertices * factors
+    truth = downsample_voxels(voxelize_solid(stretched, resolution=128), 64)
+    result, points = stretch_shape(voxels, np.array([[0.1, -0.2, 0.3]], np.float32), factors)
+    assert result.dtype == bool and result.shape == (64, 64, 64)
+    np.testing.assert_allclose(points, [[0.08, -0.2, 0.36]], rtol=1e-6)
+    iou = (result & truth).sum() / (result | truth).sum()
+    assert iou > 0.8, iou
+    assert 0.9 < result.sum() / truth.sum() < 1.1  # neither fattened nor thinned
+    # Unit factors change nothing; a thin plate survives a shrink across it.
+    same, _ = stretch_shape(voxels, points, np.ones(3))
+    np.testing.assert_array_equal(same, voxels.astype(bool))
+    plate = np.zeros((64, 64, 64), bool)
+    plate[31] = True
+    assert stretch_shape(plate, points, [0.6, 1, 1])[0].any(axis=(1, 2)).sum() == 1
+    # Doubling along x doubles a box's cells exactly; parts pushed out of the cube are cut off.
+    box = np.zeros((64, 64, 64), bool)
+    box[24:40, 10:20, 10:20] = True
+    doubled = stretch_shape(box, points, [2, 1, 1])[0]
+    assert doubled.sum() == 2 * box.sum() and np.flatnonzero(doubled.any(axis=(1, 2))).tolist() == list(range(16, 48))
+    assert stretch_shape(box, points, [5, 1, 1])[0].any(axis=(1, 2)).all()
+    with pytest.raises(ValueError, match="3 positive numbers"):
+        stretch_shape(box, points, [1, 0, 1])
+
+
+def test_ae_dataset_stretch_serves_new_shapes_with_consistent_points(shapes_file):
+    data = open_datafile(shapes_file)
+    plain = AEDataset(shapes_file, level=64)
+    dataset = AEDataset(shapes_file, level=64, stretch=0.25)
+    torch.manual_seed(0)
+    first, second = dataset[1], dataset[1]
+    assert not torch.equal(first["voxels"], second["voxels"])  # a new stretch every read
+    np.testing.assert_array_equal(first["values"].numpy(), data.values(64, 1))
+    for item in (first, second):
+        # The stored points, each axis scaled by one factor (near 1: at most 1.25 before keeping the diagonal).
+        stored_points = plain[1]["points"].numpy()
+        for axis in range(3):
+            away = np.abs(stored_points[:, axis]) > 0.05
+            ratio = item["points"].numpy()[away, axis] / stored_points[away, axis]
+            assert 0.7 < ratio[0] < 1.4 and np.allclose(ratio, ratio[0], rtol=1e-5)
+        assert not np.allclose(item["points"].numpy(), stored_points)
+        # The bounding-box diagonal stays that of the stored shape, to within a cell or two.
+        occupied = item["voxels"][0].numpy() > 0
+        spans = [np.ptp(np.flatnonzero(occupied.any(axis=other))) / 64 for other in ((1, 2), (0, 2), (0, 1))]
+        stored = [np.ptp(np.flatnonzero(data.voxels[1].any(axis=other))) / 64 for other in ((1, 2), (0, 2), (0, 1))]
+        assert abs(np.linalg.norm(spans) - np.linalg.norm(stored)) < 2.5 / 64
+        # Points inside the stretched shape fall in its inside voxels (up to a cell at the surface).
+        cells = np.clip(((item["points"].numpy() + 0.5) * 64).astype(int), 0, 63)
+        agree = occupied[cells[:, 0], cells[:, 1], cells[:, 2]] == (item["values"].numpy() > 0.5)
+        assert agree.mean() > 0.9
+    with pytest.raises(ValueError, match="stretch must be in"):
+        AEDataset(shapes_file, level=64, stretch=1.5)
 
 
 def test_svr_dataset_serves_cropped_views_and_codes(shapes_file):
@@ -292,7 +352,7 @@ def test_ae_overfits_8_generated_shapes(shapes_file, tmp_path, one_thread):
     config = AEConfig(
         data=str(shapes_file), val_data=str(shapes_file), out_dir=str(tmp_path),
         model=ModelConfig(code_dim=32, decoder_widths=(128, 64, 32), voxel_channels=(2, 4, 8, 16), voxel_norm="none"),
-        levels=(16, 32), epochs=(20, 130), batch_shapes=4, points_per_shape=512, lr=3e-3,
+        levels=(16, 32), epochs=(20, 130), batch_shapes=4, points_per_shape=512, lr=3e-3, stretch=0.0,  # memorise these 8
         device="cpu", val_every=50, val_resolution=32, final_val_resolution=0, checkpoint_every=1000,
     )
     summary = train_ae(config)
@@ -388,7 +448,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(shapes
 def test_ddp_with_two_cpu_processes_matches_one_process_with_twice_the_batch(shapes_file, tmp_path, one_thread):
     common = ["--data", str(shapes_file), "--epochs", "16:1,32:1", "--device", "cpu", "--points-per-shape", "0",
               "--code-dim", "16", "--decoder-widths", "32,32,16", "--voxel-channels", "2,4,8,8",
-              "--voxel-norm", "instance", "--lr", "1e-3", "--seed", "5", "--precision", "fp32"]
+              "--voxel-norm", "instance", "--lr", "1e-3", "--seed", "5", "--precision", "fp32", "--stretch", "0"]
     # fp32 forced: "auto" measures the CPU per process, and on a CPU with bf16 instructions one
     # thread may measure bf16 fast where two did not (a CI failure: bf16 losses beside fp32 ones).
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -400,7 +460,8 @@ def test_ddp_with_two_cpu_processes_matches_one_process_with_twice_the_batch(sha
     assert result.returncode == 0, result.stderr[-3000:]
     assert "parameters identical in all 2 processes" in result.stdout  # every rank checked the same weights
 
-    # Instance norm and all points: 2 processes x 2 shapes see exactly what 1 process x 4 shapes sees.
+    # Instance norm, all points and no stretch (whose random factors each process draws from its own
+    # generator): 2 processes x 2 shapes see exactly what 1 process x 4 shapes sees.
     # One thread here as in each process there: with two, some CPUs' kernels sum in another order.
     assert load_train_cli().main(["ae", *common, "--batch-shapes", "4", "--out-dir", str(tmp_path / "single")]) == 0
     ddp, single = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "single")
