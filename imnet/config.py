@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from imnet.extract import DEFAULT_MAX_BATCH_POINTS, MAX_RESOLUTION
 from imnet.mesh import MAX_FACES
@@ -84,6 +84,10 @@ class AEConfig:
     calibration_shapes: int = 16  # training shapes the iso-level is measured on at the end (0: keep 0.5; imnet.calibration)
     checkpoint_every: int = 1
     workers: int = 0
+
+    # Fields added after runs were first saved, with the value those runs trained with: a run saved
+    # before a field existed keeps its recipe when it is resumed (`config_from_dict`).
+    SAVED_BEFORE: ClassVar[dict[str, Any]] = {"stretch": 0.0}
 
     @classmethod
     def paper(cls, **changes) -> "AEConfig":
@@ -189,12 +193,16 @@ def config_to_dict(config: Any) -> dict:
 
 
 def config_from_dict(cls: type[C], data: dict) -> C:
-    """Inverse of `config_to_dict`; unknown keys are an error so typos do not pass silently."""
+    """Inverse of `config_to_dict`; unknown keys are an error so typos do not pass silently.
+
+    Fields missing from `data` take their defaults, except those a class lists in `SAVED_BEFORE`,
+    which take the value that configs saved before them had.
+    """
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(known)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}; known: {sorted(known)}")
-    kwargs = {}
+    kwargs = dict(getattr(cls, "SAVED_BEFORE", {}))
     for name, value in data.items():
         default = getattr(cls(), name)
         if dataclasses.is_dataclass(default):

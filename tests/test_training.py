@@ -24,7 +24,7 @@ import imnet.training
 from imnet.model import IMNet
 from data_prep.synthetic import generate_shape
 from imnet.checkpoint import CheckpointError, load_checkpoint, load_model
-from imnet.config import AEConfig, ModelConfig, SVRConfig, config_to_dict
+from imnet.config import AEConfig, ModelConfig, SVRConfig, config_from_dict, config_to_dict
 from imnet.calibration import CANDIDATE_LEVELS
 from imnet.datafile import open_datafile, write_datafile
 from imnet.datasets import AEDataset, SVRDataset, jitter_view, read_codes, stretch_shape
@@ -372,6 +372,18 @@ def test_ae_overfits_8_generated_shapes(shapes_file, tmp_path, one_thread):
     truth = torch.from_numpy(data.occupancy_64[:][:, ::2, ::2, ::2].astype(bool))
     iou = ((predicted & truth).sum((1, 2, 3)) / (predicted | truth).sum((1, 2, 3))).mean()
     assert iou.item() == pytest.approx(summary.best_iou, abs=1e-4)
+
+
+def test_configs_round_trip_and_runs_saved_before_a_field_keep_their_recipe():
+    config = AEConfig(stretch=0.3, levels=(16, 64), epochs=(1, 2))
+    assert config_from_dict(AEConfig, config_to_dict(config)) == config
+    saved = config_to_dict(AEConfig())
+    del saved["stretch"]  # a run saved before the stretch existed trained without it
+    assert config_from_dict(AEConfig, saved).stretch == 0.0 and AEConfig().stretch == 0.2
+    assert "SAVED_BEFORE" not in config_to_dict(AEConfig())
+    assert AEConfig.paper().stretch == 0.0 and AEConfig.paper().loss == "mse"
+    with pytest.raises(ValueError, match="unknown AEConfig fields"):
+        config_from_dict(AEConfig, {**saved, "strech": 0.1})
 
 
 def test_checkpoints_hold_everything_and_load_safely(ae_run):
