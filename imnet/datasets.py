@@ -83,6 +83,8 @@ class AEDataset(Dataset):
         self.level = level
         self.stretch = stretch
         self.voxels = torch.from_numpy(shapes.voxels)
+        if stretch > 0:
+            self.extents = torch.from_numpy(_extents(np.asarray(shapes.voxels, dtype=bool)))
         # Kept as the file's uint8 grid indices (4x smaller than float coordinates).
         self.sets = [(shapes.point_indices(level), shapes.point_grid(level), torch.from_numpy(shapes.values(level)))]
         available = self.sets[0][2].shape[1]
@@ -113,19 +115,24 @@ class AEDataset(Dataset):
         voxels, points = self.voxels[index], torch.cat(points)
         if self.stretch > 0:
             factors = torch.exp((torch.rand(3) * 2 - 1) * np.log1p(self.stretch))
-            # Keep the diagonal: the bounding box's extents, measured on the voxels to within a cell.
-            occupied = voxels.numpy().astype(bool)
-            extents = torch.tensor([_extent(occupied.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))])
-            factors *= extents.norm() / (factors * extents).norm()
-            stretched, points = stretch_shape(occupied, points.numpy(), factors.numpy())
+            factors *= self.extents[index].norm() / (factors * self.extents[index]).norm()  # the same diagonal
+            stretched, points = stretch_shape(voxels.numpy().view(bool), points.numpy(), factors.numpy())
             voxels, points = torch.from_numpy(stretched.view(np.uint8)), torch.from_numpy(points)  # uint8: a fast .float()
         return {"voxels": voxels[None].float(), "points": points, "values": torch.cat(values), "index": index}
 
 
-def _extent(occupied: np.ndarray) -> float:
-    """Length (in object units) between the first and last True cell centres of a 1D occupancy over [-0.5, 0.5]."""
-    cells = np.flatnonzero(occupied)
-    return 0.0 if len(cells) == 0 else float(cells[-1] - cells[0]) / len(occupied)
+def _extents(voxels: np.ndarray) -> np.ndarray:
+    """Bounding-box extents of shapes, measured on their voxels to within a cell.
+
+    voxels bool [N, R, R, R] over [-0.5, 0.5]^3 -> float64 [N, 3]: per axis, the distance between the
+    centres of the first and last occupied cells (0 for an empty shape)."""
+    grid = voxels.shape[1]
+    extents = []
+    for other in ((2, 3), (1, 3), (1, 2)):
+        occupied = voxels.any(axis=other)  # [N, R] along one axis
+        first, last = occupied.argmax(axis=1), grid - 1 - occupied[:, ::-1].argmax(axis=1)
+        extents.append(np.where(occupied.any(axis=1), (last - first) / grid, 0.0))
+    return np.stack(extents, axis=1)
 
 
 def stretch_shape(voxels: np.ndarray, points: np.ndarray, factors) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +155,7 @@ def stretch_shape(voxels: np.ndarray, points: np.ndarray, factors) -> tuple[np.n
     if factors.shape != (3,) or not np.all(factors > 0):
         raise ValueError(f"factors must be 3 positive numbers, got {factors.tolist()}")
     grid = voxels.shape[0]
-    out = np.asarray(voxels).astype(bool)
+    out = np.asarray(voxels, dtype=bool)
     centres = (np.arange(grid) + 0.5) / grid - 0.5
     cells = np.arange(grid)
     for axis, factor in enumerate(factors):
@@ -158,14 +165,17 @@ def stretch_shape(voxels: np.ndarray, points: np.ndarray, factors) -> tuple[np.n
         low = np.searchsorted(landed, cells, side="left")
         high = np.searchsorted(landed, cells, side="right") - 1
         under = np.floor((centres / factor + 0.5) * grid).astype(np.int64)
-        under[(under < 0) | (under >= grid)] = grid  # out of the cube: an appended empty plane
+        under[(under < 0) | (under >= grid)] = grid  # out of the cube: emptied below
         empty = low > high
         low[empty], high[empty] = under[empty], under[empty]
+        outside = low == grid
+        low[outside] = high[outside] = 0
         # An OR over each range, one offset into it at a time (1-2 cells for factors near 1).
-        padded = np.concatenate([out, np.zeros_like(out.take([0], axis=axis))], axis=axis)
-        new = np.zeros_like(out)
-        for offset in range(int((high - low).max()) + 1):
-            new |= padded.take(np.minimum(low + offset, high), axis=axis)
+        new = out.take(low, axis=axis)
+        for offset in range(1, int((high - low).max()) + 1):
+            new |= out.take(np.minimum(low + offset, high), axis=axis)
+        if outside.any():
+            np.moveaxis(new, axis, 0)[outside] = False
         out = new
     return out, (np.asarray(points) * factors).astype(np.float32)
 

@@ -165,6 +165,9 @@ def test_stretched_voxels_match_the_voxels_of_the_stretched_mesh():
     doubled = stretch_shape(box, points, [2, 1, 1])[0]
     assert doubled.sum() == 2 * box.sum() and np.flatnonzero(doubled.any(axis=(1, 2))).tolist() == list(range(16, 48))
     assert stretch_shape(box, points, [5, 1, 1])[0].any(axis=(1, 2)).all()
+    # Shrinking leaves empty space where no part of the old cube lands.
+    halved = stretch_shape(np.ones((64, 64, 64), bool), points, [1, 0.5, 1])[0]
+    assert np.flatnonzero(halved.any(axis=(0, 2))).tolist() == list(range(16, 48)) and halved.sum() == 64 * 32 * 64
     with pytest.raises(ValueError, match="3 positive numbers"):
         stretch_shape(box, points, [1, 0, 1])
 
