@@ -56,7 +56,7 @@ ABLATIONS = {
     "ae_point_scale_8": ("ae", ["--point-octaves", "0", "--point-scale", "8"]),
     "ae_constant_lr": ("ae", ["--schedule", "constant", "--warmup", "0"]),
     "ae_no_uniform_points": ("ae", ["--uniform-fraction", "0"]),
-    "ae_no_stretch": ("ae", ["--stretch", "0"]),  # docs/training.md A9
+    "ae_stretch": ("ae", ["--stretch", "0.2"]),  # docs/training.md A9
     "ae_batch_norm": ("ae", ["--voxel-norm", "batch"]),
     "ae_16_shapes_x_2048_points": ("ae", ["--batch-shapes", "16", "--points-per-shape", "2048"]),
     "ae_paper_recipe": ("ae", ["--preset", "paper"]),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from imnet.extract import DEFAULT_MAX_BATCH_POINTS, MAX_RESOLUTION
 from imnet.mesh import MAX_FACES
@@ -67,7 +67,7 @@ class AEConfig:
     batch_shapes: int = 4  # shapes per step (per process under DDP)
     points_per_shape: int = 512  # random subset per shape and step; 0: all points of the level
     uniform_fraction: float = 0.25  # share of those points drawn from the coarse level-16 set at levels 32/64
-    stretch: float = 0.2  # each shape stretched along x, y, z by factors in [1/(1+s), 1+s] (imnet.datasets.AEDataset); 0: none
+    stretch: float = 0.0  # > 0: each shape stretched along x, y, z by factors in [1/(1+s), 1+s] (imnet.datasets.AEDataset)
     loss: str = "bce"  # "bce" on logits, or "mse" on occupancy (paper)
     lr: float = 1e-3
     beta1: float = 0.9
@@ -85,15 +85,11 @@ class AEConfig:
     checkpoint_every: int = 1
     workers: int = 0
 
-    # Fields added after runs were first saved, with the value those runs trained with: a run saved
-    # before a field existed keeps its recipe when it is resumed (`config_from_dict`).
-    SAVED_BEFORE: ClassVar[dict[str, Any]] = {"stretch": 0.0}
-
     @classmethod
     def paper(cls, **changes) -> "AEConfig":
         """Chen & Zhang's IM-AE training: MSE, Adam 5e-5 / beta1 0.5, constant rate, 32 shapes of all points."""
         base = dict(model=ModelConfig.paper(), epochs=(100, 100, 200), batch_shapes=32, points_per_shape=0,
-                    uniform_fraction=0.0, stretch=0.0, loss="mse", lr=5e-5, beta1=0.5, warmup=0.0, schedule="constant",
+                    uniform_fraction=0.0, loss="mse", lr=5e-5, beta1=0.5, warmup=0.0, schedule="constant",
                     calibration_shapes=0)  # meshes at level 0.5
         return cls(**{**base, **changes})
 
@@ -193,16 +189,12 @@ def config_to_dict(config: Any) -> dict:
 
 
 def config_from_dict(cls: type[C], data: dict) -> C:
-    """Inverse of `config_to_dict`; unknown keys are an error so typos do not pass silently.
-
-    Fields missing from `data` take their defaults, except those a class lists in `SAVED_BEFORE`,
-    which take the value that configs saved before them had.
-    """
+    """Inverse of `config_to_dict`; unknown keys are an error so typos do not pass silently."""
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(known)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}; known: {sorted(known)}")
-    kwargs = dict(getattr(cls, "SAVED_BEFORE", {}))
+    kwargs = {}
     for name, value in data.items():
         default = getattr(cls(), name)
         if dataclasses.is_dataclass(default):
