@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from conftest import load_train_cli
 from torch.utils.data.distributed import DistributedSampler
 
+import imnet.datasets
 import imnet.training
 from imnet.model import IMNet
 from data_prep.synthetic import generate_shape
@@ -201,10 +202,22 @@ def test_ae_dataset_stretch_serves_new_shapes_with_consistent_points(shapes_file
         AEDataset(shapes_file, level=64, stretch=1.5)
 
 
-def test_ae_trains_on_stretched_shapes_and_records_it(shapes_file, tmp_path):
-    summary = train_ae(ae_config(shapes_file, tmp_path, epochs=(1, 1), stretch=0.2))
+def test_ae_trains_on_stretched_shapes_and_records_it(shapes_file, tmp_path, monkeypatch):
+    factors = []  # every stretch the training loop's batches went through
+
+    def spy(voxels, points, stretch_factors):
+        factors.append(np.asarray(stretch_factors))
+        return stretch_shape(voxels, points, stretch_factors)
+
+    monkeypatch.setattr(imnet.datasets, "stretch_shape", spy)
+    train_ae(ae_config(shapes_file, tmp_path / "plain", epochs=(1, 1)))
+    assert factors == []  # off by default
+    summary = train_ae(ae_config(shapes_file, tmp_path / "stretched", epochs=(1, 1), stretch=0.2))
     assert summary.epochs == 2 and np.isfinite(summary.train_loss)
-    assert load_checkpoint(tmp_path / "last.pt")["config"]["stretch"] == 0.2
+    assert len(factors) == 2 * N_SHAPES  # each shape once per epoch
+    # 1.2 at most per axis, times at most 1.2 again to keep the diagonal.
+    assert all(np.all((f > 1 / 1.44) & (f < 1.44)) for f in factors) and not np.allclose(factors, 1)
+    assert load_checkpoint(tmp_path / "stretched" / "last.pt")["config"]["stretch"] == 0.2
     with pytest.raises(SetupError, match="stretch must be in"):
         train_ae(ae_config(shapes_file, tmp_path / "bad", stretch=-0.1))
 
